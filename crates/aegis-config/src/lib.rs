@@ -1,0 +1,1 @@
+//! The `.aegis.yaml` model: discovery, `${VAR}` interpolation and validation.
