@@ -1,0 +1,3 @@
+//! The `aegis-cli` command.
+
+fn main() {}
