@@ -1,0 +1,3 @@
+//! Benchmarks of the SQLite history backend.
+
+fn main() {}

@@ -1,0 +1,135 @@
+//! The `HistoryBackend` trait every store implements.
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::model::{
+    GateDecision, ListQuery, NewRun, Page, PendingGate, RunDetail, RunId, RunRecord, RunUpdate,
+    StepRecord,
+};
+
+/// Durable history of runs, shared as `Arc<dyn HistoryBackend>` by the
+/// engine, the API and embedders.
+///
+/// Every write is durable when its future resolves with `Ok`: a process that
+/// dies afterwards does not lose it. Lists are newest first by
+/// `(created_at, id)`. The behaviour every implementation must have is
+/// pinned down by `aegis_history::conformance` (feature `test-support`).
+#[async_trait]
+pub trait HistoryBackend: Send + Sync + std::fmt::Debug {
+    /// Records a new run with status `queued`.
+    ///
+    /// Fails with `DuplicateRun` if the id exists.
+    async fn create_run(&self, run: &NewRun) -> Result<()>;
+
+    /// Changes a run's status and, where `Some`, its timestamps, duration and
+    /// error. Moving a run to a finished status applies retention to its
+    /// workflow.
+    ///
+    /// Fails with `RunNotFound` if the run does not exist.
+    async fn update_run(&self, run_id: &RunId, update: &RunUpdate) -> Result<()>;
+
+    /// Records a step execution with all its attempts, replacing an earlier
+    /// record of the same `(execution, index)` (the record made when the
+    /// step started).
+    ///
+    /// Fails with `RunNotFound` if the run does not exist.
+    async fn record_step(&self, run_id: &RunId, step: &StepRecord) -> Result<()>;
+
+    /// Marks a gate as waiting for a decision, replacing an earlier pending
+    /// record of the same gate.
+    ///
+    /// Fails with `RunNotFound` if the run does not exist.
+    async fn add_pending_gate(&self, gate: &PendingGate) -> Result<()>;
+
+    /// Records a decision and removes the gate from the pending gates, in one
+    /// atomic change.
+    ///
+    /// Fails with `GateNotPending`, recording nothing, if the gate is not
+    /// waiting: a second decision on the same gate loses (HTTP 409).
+    async fn record_gate_decision(&self, run_id: &RunId, decision: &GateDecision) -> Result<()>;
+
+    /// Gates waiting for a decision across all runs, oldest first.
+    async fn pending_gates(&self) -> Result<Vec<PendingGate>>;
+
+    /// One run with its steps, attempts, gate decisions and pending gates.
+    async fn get_run(&self, run_id: &RunId) -> Result<Option<RunDetail>>;
+
+    /// Runs matching the query, newest first, one page at a time.
+    ///
+    /// Every run that existed when the first page was read is returned
+    /// exactly once across the pages, however many runs are added
+    /// meanwhile. Fails with `InvalidCursor` for a cursor this store did not
+    /// produce.
+    async fn list_runs(&self, query: &ListQuery) -> Result<Page>;
+
+    /// The `limit` most recent runs across workflows.
+    async fn recent(&self, limit: u32) -> Result<Vec<RunRecord>> {
+        let page = self.list_runs(&ListQuery { limit, ..ListQuery::default() }).await?;
+        Ok(page.runs)
+    }
+
+    /// One workflow's runs, newest first.
+    async fn workflow_runs(
+        &self,
+        workflow: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page> {
+        let query = ListQuery {
+            workflow: Some(workflow.to_owned()),
+            status: None,
+            limit,
+            cursor: cursor.map(str::to_owned),
+        };
+        self.list_runs(&query).await
+    }
+
+    /// Runs a previous process left unfinished, oldest first, for recovery
+    /// at start.
+    async fn unfinished(&self) -> Result<UnfinishedRuns>;
+
+    /// Applies retention to every workflow now (retention otherwise runs
+    /// when a run finishes). Returns how many runs were deleted.
+    async fn apply_retention(&self) -> Result<u64>;
+
+    /// Checks that the store answers (for `/health/ready`).
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Runs left unfinished, split by what recovery does with them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UnfinishedRuns {
+    /// Accepted but never started: recovery may start or re-queue them.
+    pub queued: Vec<RunRecord>,
+    /// Mid-step when the process stopped: recovery marks them `interrupted`.
+    pub running: Vec<RunRecord>,
+    /// Waiting at a gate: they keep waiting (their pending gates are kept).
+    pub waiting: Vec<RunRecord>,
+}
+
+impl UnfinishedRuns {
+    /// Sorts runs into the three lists by status; finished runs are ignored.
+    pub fn from_runs(runs: impl IntoIterator<Item = RunRecord>) -> Self {
+        let mut out = Self::default();
+        for run in runs {
+            match run.status {
+                crate::RunStatus::Queued => out.queued.push(run),
+                crate::RunStatus::Running => out.running.push(run),
+                crate::RunStatus::Waiting => out.waiting.push(run),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// How many runs in all.
+    pub fn len(&self) -> usize {
+        self.queued.len() + self.running.len() + self.waiting.len()
+    }
+
+    /// Whether nothing was left unfinished.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,670 @@
+//! The backend-agnostic conformance suite every `HistoryBackend` must pass.
+//!
+//! Each check is an async function taking a [`Store`], a way to open (and,
+//! for persistent stores, reopen) one backend. [`conformance_tests!`](crate::conformance_tests)
+//! expands to one `#[tokio::test]` per check, so an embedder runs the whole
+//! suite on its own backend with:
+//!
+//! ```ignore
+//! mod my_backend {
+//!     aegis_history::conformance_tests!(crate::MyStore::new());
+//! }
+//! ```
+//!
+//! (the calling crate needs `tokio` with the `macros` and `rt-multi-thread`
+//! features as a dev-dependency). Checks panic on failure, like tests do.
+
+#![expect(clippy::unwrap_used, reason = "test support code: a failed check panics")]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde_json::json;
+
+use crate::{
+    Attempt, Error, GateDecision, GateDecisionKind, HistoryBackend, HistoryOptions, ListQuery,
+    MAX_PAGE_SIZE, NewRun, PendingGate, Result, RunDetail, RunId, RunRecord, RunStatus, RunUpdate,
+    StepRecord, StepStatus, Trigger,
+};
+
+/// Opens the backend under test.
+#[async_trait]
+pub trait Store: Send {
+    /// Opens the store with these options. For a persistent store, opening
+    /// again after every handle of the previous backend was dropped must see
+    /// the same data.
+    async fn open(&mut self, options: HistoryOptions) -> Result<Arc<dyn HistoryBackend>>;
+
+    /// Whether data survives dropping the backend and opening it again.
+    fn is_persistent(&self) -> bool;
+}
+
+/// Expands to one `#[tokio::test]` per conformance check, each calling
+/// `$store` for a fresh [`Store`].
+#[macro_export]
+macro_rules! conformance_tests {
+    ($store:expr) => {
+        $crate::conformance_tests!(@each $store;
+            create_and_get_round_trip,
+            write_errors,
+            step_upsert_and_reexecution,
+            gates,
+            list_filters_and_order,
+            pagination_exactly_once_while_inserting,
+            invalid_cursor,
+            retention_keeps_newest_finished,
+            concurrent_writers_lose_nothing,
+            recovery_query,
+            persistence_across_reopen,
+        );
+    };
+    (@each $store:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                $crate::conformance::$check($store).await;
+            }
+        )+
+    };
+}
+
+/// A timestamp `secs` seconds after a fixed origin, plus some nanoseconds so
+/// backends must keep full precision.
+pub fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_nanosecond(i128::from(1_700_000_000 + secs) * 1_000_000_000 + 123_456_789)
+        .unwrap()
+}
+
+/// A new run of `workflow` created at [`ts`]`(secs)`.
+pub fn new_run(id: &str, workflow: &str, secs: i64) -> NewRun {
+    NewRun {
+        id: RunId::new(id),
+        workflow: workflow.to_owned(),
+        trigger: Trigger::Api,
+        request_id: Some(format!("req-{id}")),
+        created_at: ts(secs),
+    }
+}
+
+/// A finished step with one successful attempt.
+pub fn finished_step(index: u32, at: i64) -> StepRecord {
+    StepRecord {
+        execution: 0,
+        index,
+        step_id: format!("step{index}"),
+        step_type: "http".to_owned(),
+        status: StepStatus::Succeeded,
+        error: None,
+        started_at: Some(ts(at)),
+        completed_at: Some(ts(at + 1)),
+        duration_ms: Some(1000),
+        data: Some(json!({ "index": index })),
+        attempts: vec![Attempt {
+            attempt: 1,
+            success: true,
+            error: None,
+            duration_ms: 1000,
+            started_at: ts(at),
+        }],
+    }
+}
+
+fn finish(status: RunStatus, at: i64) -> RunUpdate {
+    RunUpdate {
+        status,
+        started_at: None,
+        completed_at: Some(ts(at)),
+        duration_ms: Some(5),
+        error: None,
+    }
+}
+
+async fn create(history: &dyn HistoryBackend, runs: &[NewRun]) {
+    for run in runs {
+        history.create_run(run).await.unwrap();
+    }
+}
+
+/// Reads every page of `query` and returns the runs in order.
+async fn all_pages(history: &dyn HistoryBackend, mut query: ListQuery) -> Vec<RunRecord> {
+    let mut out = Vec::new();
+    loop {
+        let page = history.list_runs(&query).await.unwrap();
+        assert!(page.runs.len() <= query.limit as usize);
+        out.extend(page.runs);
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => return out,
+        }
+    }
+}
+
+fn ids(runs: &[RunRecord]) -> Vec<&str> {
+    runs.iter().map(|r| r.id.as_str()).collect()
+}
+
+/// Sorts runs the way lists must return them: newest first by `(created_at, id)`.
+fn newest_first(runs: &mut [RunRecord]) {
+    runs.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+}
+
+/// A run is stored with every field, and reads back exactly as written.
+pub async fn create_and_get_round_trip(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let run = new_run("r1", "nightly", 0);
+    history.create_run(&run).await.unwrap();
+
+    let detail = history.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(detail.run, RunRecord::from_new(&run));
+    assert_eq!(detail.run.status, RunStatus::Queued);
+    assert!(detail.steps.is_empty());
+
+    let started = RunUpdate { started_at: Some(ts(1)), ..RunUpdate::status(RunStatus::Running) };
+    history.update_run(&run.id, &started).await.unwrap();
+    let mut failing = finished_step(0, 1);
+    failing.status = StepStatus::Running;
+    failing.completed_at = None;
+    failing.duration_ms = None;
+    failing.data = None;
+    failing.attempts.clear();
+    history.record_step(&run.id, &failing).await.unwrap();
+
+    let retried = StepRecord {
+        status: StepStatus::Failed,
+        error: Some("connection refused".to_owned()),
+        completed_at: Some(ts(3)),
+        duration_ms: Some(2000),
+        data: Some(json!({ "failures": [{ "id": 1, "title": "login" }] })),
+        attempts: vec![
+            Attempt {
+                attempt: 1,
+                success: false,
+                error: Some("timeout".to_owned()),
+                duration_ms: 900,
+                started_at: ts(1),
+            },
+            Attempt {
+                attempt: 2,
+                success: false,
+                error: Some("connection refused".to_owned()),
+                duration_ms: 1100,
+                started_at: ts(2),
+            },
+        ],
+        ..failing.clone()
+    };
+    history.record_step(&run.id, &retried).await.unwrap();
+    let skipped = StepRecord {
+        index: 1,
+        step_id: "notify".to_owned(),
+        status: StepStatus::Skipped,
+        started_at: None,
+        ..failing.clone()
+    };
+    history.record_step(&run.id, &skipped).await.unwrap();
+    let failed = RunUpdate {
+        status: RunStatus::Failed,
+        started_at: None,
+        completed_at: Some(ts(4)),
+        duration_ms: Some(3000),
+        error: Some("step step0 failed".to_owned()),
+    };
+    history.update_run(&run.id, &failed).await.unwrap();
+
+    let detail = history.get_run(&run.id).await.unwrap().unwrap();
+    let mut expected = RunRecord::from_new(&run);
+    expected.apply(&started);
+    expected.apply(&failed);
+    assert_eq!(detail.run, expected);
+    assert_eq!(detail.run.started_at, Some(ts(1)), "None fields keep the stored value");
+    assert_eq!(detail.steps, vec![retried.clone(), skipped.clone()]);
+    assert!(detail.steps[1].skipped());
+    assert!(!detail.steps[0].success());
+
+    assert_eq!(history.get_run(&RunId::new("missing")).await.unwrap(), None);
+    history.ping().await.unwrap();
+}
+
+/// Writes that cannot apply fail with the matching error and change nothing.
+pub async fn write_errors(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let run = new_run("r1", "nightly", 0);
+    history.create_run(&run).await.unwrap();
+
+    let mut duplicate = run.clone();
+    duplicate.workflow = "other".to_owned();
+    let err = history.create_run(&duplicate).await.unwrap_err();
+    assert!(matches!(err, Error::DuplicateRun { ref run_id } if run_id == "r1"), "{err:?}");
+    assert_eq!(history.get_run(&run.id).await.unwrap().unwrap().run.workflow, "nightly");
+
+    let missing = RunId::new("missing");
+    let err = history.update_run(&missing, &RunUpdate::status(RunStatus::Running)).await;
+    assert!(matches!(err, Err(Error::RunNotFound { .. })), "{err:?}");
+    let err = history.record_step(&missing, &finished_step(0, 0)).await;
+    assert!(matches!(err, Err(Error::RunNotFound { .. })), "{err:?}");
+    let gate = PendingGate {
+        run_id: missing.clone(),
+        gate_id: "review".to_owned(),
+        step_index: 0,
+        message: None,
+        artifact: None,
+        since: ts(0),
+        deadline: None,
+    };
+    let err = history.add_pending_gate(&gate).await;
+    assert!(matches!(err, Err(Error::RunNotFound { .. })), "{err:?}");
+    assert!(history.pending_gates().await.unwrap().is_empty());
+    assert!(history.get_run(&missing).await.unwrap().is_none());
+    assert_eq!(history.recent(10).await.unwrap().len(), 1);
+}
+
+/// A step recorded when it starts and again when it ends is one record; a
+/// re-execution after a gate rejection is a separate record.
+pub async fn step_upsert_and_reexecution(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let run = new_run("r1", "nightly", 0);
+    history.create_run(&run).await.unwrap();
+
+    let mut three_attempts = finished_step(2, 10);
+    three_attempts.attempts = (1..=3)
+        .map(|attempt| Attempt {
+            attempt,
+            success: attempt == 3,
+            error: (attempt < 3).then(|| format!("attempt {attempt} failed")),
+            duration_ms: 10,
+            started_at: ts(10 + i64::from(attempt)),
+        })
+        .collect();
+    history.record_step(&run.id, &three_attempts).await.unwrap();
+    // Recording again replaces the record and all its attempts.
+    let replaced = finished_step(2, 20);
+    history.record_step(&run.id, &replaced).await.unwrap();
+    let first = finished_step(0, 1);
+    history.record_step(&run.id, &first).await.unwrap();
+    let rerun = StepRecord { execution: 1, ..finished_step(0, 30) };
+    history.record_step(&run.id, &rerun).await.unwrap();
+
+    let detail = history.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(detail.steps, vec![first, replaced, rerun]);
+}
+
+/// Pending gates are listed across runs; a decision removes its gate
+/// atomically and a second decision on the same gate is refused.
+pub async fn gates(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let a = new_run("a", "triage", 0);
+    let b = new_run("b", "triage", 1);
+    create(&*history, &[a.clone(), b.clone()]).await;
+    for run in [&a, &b] {
+        history.update_run(&run.id, &RunUpdate::status(RunStatus::Waiting)).await.unwrap();
+    }
+    let gate_b = PendingGate {
+        run_id: b.id.clone(),
+        gate_id: "review".to_owned(),
+        step_index: 3,
+        message: Some("Check the failures".to_owned()),
+        artifact: Some("analyze".to_owned()),
+        since: ts(5),
+        deadline: Some(ts(3605)),
+    };
+    let gate_a = PendingGate {
+        run_id: a.id.clone(),
+        gate_id: "review".to_owned(),
+        step_index: 2,
+        message: None,
+        artifact: None,
+        since: ts(6),
+        deadline: None,
+    };
+    history.add_pending_gate(&gate_b).await.unwrap();
+    history.add_pending_gate(&gate_a).await.unwrap();
+    assert_eq!(history.pending_gates().await.unwrap(), vec![gate_b.clone(), gate_a.clone()]);
+    assert_eq!(history.get_run(&b.id).await.unwrap().unwrap().pending_gates, vec![gate_b.clone()]);
+
+    let reject = GateDecision {
+        gate_id: "review".to_owned(),
+        decision: GateDecisionKind::Reject,
+        by: "key-ops".to_owned(),
+        at: ts(10),
+        comment: Some("two are flaky".to_owned()),
+        patch: Some(json!([{ "op": "remove", "path": "/failures/1" }])),
+        artifact_before: Some(json!({ "failures": [1, 2] })),
+        artifact_after: Some(json!({ "failures": [1] })),
+    };
+    history.record_gate_decision(&b.id, &reject).await.unwrap();
+    assert_eq!(history.pending_gates().await.unwrap(), vec![gate_a.clone()]);
+
+    let second = GateDecision { decision: GateDecisionKind::Approve, ..reject.clone() };
+    let err = history.record_gate_decision(&b.id, &second).await.unwrap_err();
+    assert!(matches!(err, Error::GateNotPending { .. }), "{err:?}");
+
+    // retry_from sends the run back through the gate: it waits again and
+    // gets a second decision.
+    let again = PendingGate { since: ts(20), deadline: None, ..gate_b.clone() };
+    history.add_pending_gate(&again).await.unwrap();
+    let timeout = GateDecision {
+        decision: GateDecisionKind::TimeoutApprove,
+        by: "timeout".to_owned(),
+        at: ts(30),
+        comment: None,
+        patch: None,
+        artifact_before: None,
+        artifact_after: None,
+        ..reject.clone()
+    };
+    history.record_gate_decision(&b.id, &timeout).await.unwrap();
+    let detail = history.get_run(&b.id).await.unwrap().unwrap();
+    assert_eq!(detail.gate_decisions, vec![reject, timeout]);
+    assert!(detail.pending_gates.is_empty());
+    assert_eq!(history.pending_gates().await.unwrap(), vec![gate_a]);
+}
+
+/// Lists filter by workflow and status and return the newest first, ties
+/// broken by id.
+pub async fn list_filters_and_order(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let mut all = Vec::new();
+    for i in 0..30_i64 {
+        let workflow = ["nightly", "smoke", "triage"][(i % 3) as usize];
+        // Pairs of runs share a creation time, so the id must break ties.
+        let run = new_run(&format!("run-{i:03}"), workflow, i / 2);
+        history.create_run(&run).await.unwrap();
+        let mut record = RunRecord::from_new(&run);
+        if i % 4 == 0 {
+            let update = finish(RunStatus::Failed, 100);
+            history.update_run(&run.id, &update).await.unwrap();
+            record.apply(&update);
+        }
+        all.push(record);
+    }
+    newest_first(&mut all);
+
+    let page = history.list_runs(&ListQuery { limit: 100, ..ListQuery::default() }).await.unwrap();
+    assert_eq!(page.runs, all);
+    assert_eq!(page.next_cursor, None);
+    assert_eq!(history.recent(5).await.unwrap(), all[..5].to_vec());
+
+    let smoke: Vec<RunRecord> = all.iter().filter(|r| r.workflow == "smoke").cloned().collect();
+    let page = history.workflow_runs("smoke", 100, None).await.unwrap();
+    assert_eq!(ids(&page.runs), ids(&smoke));
+
+    let failed: Vec<RunRecord> =
+        all.iter().filter(|r| r.status == RunStatus::Failed).cloned().collect();
+    let query = ListQuery { status: Some(RunStatus::Failed), limit: 100, ..ListQuery::default() };
+    assert_eq!(history.list_runs(&query).await.unwrap().runs, failed);
+
+    let both: Vec<RunRecord> = failed.iter().filter(|r| r.workflow == "nightly").cloned().collect();
+    assert!(!both.is_empty());
+    let query = ListQuery {
+        workflow: Some("nightly".to_owned()),
+        status: Some(RunStatus::Failed),
+        limit: 100,
+        cursor: None,
+    };
+    assert_eq!(history.list_runs(&query).await.unwrap().runs, both);
+
+    let query = ListQuery { workflow: Some("unknown".to_owned()), ..query };
+    assert!(history.list_runs(&query).await.unwrap().runs.is_empty());
+    assert!(history.recent(0).await.unwrap().is_empty());
+    let huge = ListQuery { limit: u32::MAX, ..ListQuery::default() };
+    let page = history.list_runs(&huge).await.unwrap();
+    assert_eq!(page.runs.len(), all.len().min(MAX_PAGE_SIZE as usize));
+}
+
+/// Paging returns every run that existed when paging began exactly once,
+/// in order, while newer runs keep arriving (from this task between pages
+/// and from a concurrent task).
+pub async fn pagination_exactly_once_while_inserting(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let mut existing = Vec::new();
+    for i in 0..120_i64 {
+        let workflow = if i % 2 == 0 { "even" } else { "odd" };
+        // Groups of three share a creation time.
+        let run = new_run(&format!("old-{i:04}"), workflow, i / 3);
+        history.create_run(&run).await.unwrap();
+        existing.push(RunRecord::from_new(&run));
+    }
+    newest_first(&mut existing);
+
+    let writer = {
+        let history = Arc::clone(&history);
+        tokio::spawn(async move {
+            for i in 0..200_i64 {
+                let workflow = if i % 2 == 0 { "even" } else { "odd" };
+                history.create_run(&new_run(&format!("bg-{i:04}"), workflow, 1000 + i)).await?;
+            }
+            Ok::<(), Error>(())
+        })
+    };
+
+    for workflow in [None, Some("even")] {
+        let expected: Vec<&RunRecord> =
+            existing.iter().filter(|r| workflow.is_none_or(|w| r.workflow == w)).collect();
+        let mut query =
+            ListQuery { workflow: workflow.map(str::to_owned), limit: 7, ..ListQuery::default() };
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = history.list_runs(&query).await.unwrap();
+            pages += 1;
+            // Newer runs arrive between pages.
+            for j in 0..3 {
+                let id = format!("new-{}-{pages:03}-{j}", workflow.unwrap_or("all"));
+                history.create_run(&new_run(&id, "even", 500 + pages)).await.unwrap();
+            }
+            seen.extend(page.runs);
+            match page.next_cursor {
+                Some(cursor) => query.cursor = Some(cursor),
+                None => break,
+            }
+        }
+        // The first page may include runs created before it was read; drop
+        // those newer than the snapshot and check the rest exactly.
+        let old: Vec<&RunRecord> =
+            seen.iter().filter(|r| r.id.as_str().starts_with("old-")).collect();
+        assert_eq!(ids_ref(&old), ids_ref(&expected), "workflow {workflow:?}");
+        let unique: BTreeSet<&str> = seen.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(unique.len(), seen.len(), "a run was returned twice");
+        for pair in seen.windows(2) {
+            assert!(
+                (pair[0].created_at, &pair[0].id) > (pair[1].created_at, &pair[1].id),
+                "out of order: {} then {}",
+                pair[0].id,
+                pair[1].id
+            );
+        }
+    }
+    writer.await.unwrap().unwrap();
+}
+
+fn ids_ref<'a>(runs: &[&'a RunRecord]) -> Vec<&'a str> {
+    runs.iter().map(|r| r.id.as_str()).collect()
+}
+
+/// A cursor the store did not produce is an error, not a panic.
+pub async fn invalid_cursor(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    history.create_run(&new_run("r1", "nightly", 0)).await.unwrap();
+    for cursor in ["", "garbage", "zz", "63313a", "\u{1f600}"] {
+        let query =
+            ListQuery { cursor: Some(cursor.to_owned()), limit: 10, ..ListQuery::default() };
+        let err = history.list_runs(&query).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidCursor { .. }), "{cursor:?}: {err:?}");
+    }
+}
+
+/// `max_records` keeps the newest N finished runs per workflow, deletes the
+/// rest with their steps and gates, and never deletes an active run.
+pub async fn retention_keeps_newest_finished(mut store: impl Store) {
+    let history = store.open(HistoryOptions::with_max_records(3)).await.unwrap();
+    // Active runs older than everything else.
+    let active = [
+        (new_run("active-queued", "nightly", 0), RunStatus::Queued),
+        (new_run("active-running", "nightly", 1), RunStatus::Running),
+        (new_run("active-waiting", "nightly", 2), RunStatus::Waiting),
+    ];
+    for (run, status) in &active {
+        history.create_run(run).await.unwrap();
+        history.update_run(&run.id, &RunUpdate::status(*status)).await.unwrap();
+    }
+    for i in 0..8_i64 {
+        let run = new_run(&format!("done-{i}"), "nightly", 10 + i);
+        history.create_run(&run).await.unwrap();
+        history.record_step(&run.id, &finished_step(0, 10 + i)).await.unwrap();
+        let status = if i % 2 == 0 { RunStatus::Succeeded } else { RunStatus::Failed };
+        history.update_run(&run.id, &finish(status, 20 + i)).await.unwrap();
+    }
+    for i in 0..2_i64 {
+        let run = new_run(&format!("other-{i}"), "smoke", i);
+        history.create_run(&run).await.unwrap();
+        history.update_run(&run.id, &finish(RunStatus::Succeeded, 5)).await.unwrap();
+    }
+
+    let nightly = all_pages(
+        &*history,
+        ListQuery { workflow: Some("nightly".to_owned()), limit: 50, ..ListQuery::default() },
+    )
+    .await;
+    assert_eq!(
+        ids(&nightly),
+        ["done-7", "done-6", "done-5", "active-waiting", "active-running", "active-queued"]
+    );
+    assert_eq!(history.workflow_runs("smoke", 50, None).await.unwrap().runs.len(), 2);
+    assert!(history.get_run(&RunId::new("done-0")).await.unwrap().is_none());
+    assert_eq!(history.apply_retention().await.unwrap(), 0);
+
+    // Finishing an active run makes it eligible like any other.
+    let run = &active[1].0;
+    history.update_run(&run.id, &finish(RunStatus::Interrupted, 40)).await.unwrap();
+    let nightly = history.workflow_runs("nightly", 50, None).await.unwrap();
+    assert_eq!(
+        ids(&nightly.runs),
+        ["done-7", "done-6", "done-5", "active-waiting", "active-queued"]
+    );
+}
+
+/// 16 tasks writing whole runs at once lose nothing.
+pub async fn concurrent_writers_lose_nothing(mut store: impl Store) {
+    const WRITERS: usize = 16;
+    const RUNS: usize = 25;
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let history = Arc::clone(&history);
+            tokio::spawn(async move {
+                for r in 0..RUNS {
+                    let run =
+                        new_run(&format!("w{w:02}-r{r:03}"), &format!("wf{}", w % 4), r as i64);
+                    history.create_run(&run).await?;
+                    history.update_run(&run.id, &RunUpdate::status(RunStatus::Running)).await?;
+                    for s in 0..3 {
+                        history.record_step(&run.id, &finished_step(s, r as i64)).await?;
+                    }
+                    history
+                        .update_run(&run.id, &finish(RunStatus::Succeeded, r as i64 + 5))
+                        .await?;
+                }
+                Ok::<(), Error>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let runs = all_pages(&*history, ListQuery { limit: 97, ..ListQuery::default() }).await;
+    assert_eq!(runs.len(), WRITERS * RUNS);
+    for run in &runs {
+        assert_eq!(run.status, RunStatus::Succeeded, "{}", run.id);
+        let detail: RunDetail = history.get_run(&run.id).await.unwrap().unwrap();
+        assert_eq!(detail.steps.len(), 3, "{}", run.id);
+    }
+}
+
+/// `unfinished` returns the queued, running and waiting runs, oldest first,
+/// each in its own list.
+pub async fn recovery_query(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let statuses = [
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Queued,
+        RunStatus::Waiting,
+        RunStatus::Failed,
+        RunStatus::Running,
+        RunStatus::Cancelled,
+        RunStatus::Queued,
+        RunStatus::Interrupted,
+        RunStatus::Rejected,
+    ];
+    for (i, status) in statuses.iter().enumerate() {
+        let run = new_run(&format!("run-{i}"), "nightly", i as i64);
+        history.create_run(&run).await.unwrap();
+        if *status != RunStatus::Queued {
+            history.update_run(&run.id, &RunUpdate::status(*status)).await.unwrap();
+        }
+    }
+    let unfinished = history.unfinished().await.unwrap();
+    let names = |runs: &[RunRecord]| runs.iter().map(|r| r.id.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&unfinished.running), ["run-0", "run-5"]);
+    assert_eq!(names(&unfinished.queued), ["run-2", "run-7"]);
+    assert_eq!(names(&unfinished.waiting), ["run-3"]);
+    assert_eq!(unfinished.len(), 5);
+
+    // Recovery marks the running ones interrupted; they are then finished.
+    for run in &unfinished.running {
+        history.update_run(&run.id, &finish(RunStatus::Interrupted, 50)).await.unwrap();
+    }
+    let unfinished = history.unfinished().await.unwrap();
+    assert!(unfinished.running.is_empty());
+    assert_eq!(unfinished.len(), 3);
+}
+
+/// For persistent stores: everything written is there after reopening.
+pub async fn persistence_across_reopen(mut store: impl Store) {
+    if !store.is_persistent() {
+        return;
+    }
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..20_i64 {
+        let run = new_run(&format!("run-{i:02}"), "nightly", i);
+        history.create_run(&run).await.unwrap();
+        history.record_step(&run.id, &finished_step(0, i)).await.unwrap();
+        if i % 2 == 0 {
+            history.update_run(&run.id, &finish(RunStatus::Succeeded, i + 1)).await.unwrap();
+        } else {
+            history.update_run(&run.id, &RunUpdate::status(RunStatus::Waiting)).await.unwrap();
+            let gate = PendingGate {
+                run_id: run.id.clone(),
+                gate_id: "review".to_owned(),
+                step_index: 1,
+                message: Some("look".to_owned()),
+                artifact: Some("step0".to_owned()),
+                since: ts(i),
+                deadline: Some(ts(i + 60)),
+            };
+            history.add_pending_gate(&gate).await.unwrap();
+        }
+        ids.push(run.id);
+    }
+    let mut before = Vec::new();
+    for id in &ids {
+        before.push(history.get_run(id).await.unwrap().unwrap());
+    }
+    let pending = history.pending_gates().await.unwrap();
+    drop(history);
+
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let mut after = Vec::new();
+    for id in &ids {
+        after.push(history.get_run(id).await.unwrap().unwrap());
+    }
+    assert_eq!(after, before);
+    assert_eq!(history.pending_gates().await.unwrap(), pending);
+    assert_eq!(history.unfinished().await.unwrap().waiting.len(), 10);
+    // And the reopened store still accepts writes.
+    history.create_run(&new_run("after", "nightly", 100)).await.unwrap();
+    assert_eq!(history.recent(1).await.unwrap()[0].id.as_str(), "after");
+}

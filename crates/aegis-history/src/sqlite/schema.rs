@@ -1,0 +1,88 @@
+//! The SQLite schema: numbered migrations tracked in `PRAGMA user_version`.
+
+/// Migrations in order: entry `i` moves the schema from version `i` to `i + 1`.
+///
+/// Never edit a released migration; add a new one. Times are integer
+/// nanoseconds since the Unix epoch (UTC); JSON values are text and never
+/// filtered or sorted on.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: runs, steps, attempts, gate decisions, pending gates.
+    r"
+CREATE TABLE runs (
+    id           TEXT PRIMARY KEY NOT NULL,
+    workflow     TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    trigger      TEXT NOT NULL,
+    request_id   TEXT,
+    created_at   INTEGER NOT NULL,
+    started_at   INTEGER,
+    completed_at INTEGER,
+    duration_ms  INTEGER,
+    error        TEXT
+);
+-- Newest-first keyset scans: recent, all runs, one workflow, one status, both.
+CREATE INDEX runs_by_created ON runs (created_at, id);
+CREATE INDEX runs_by_workflow ON runs (workflow, created_at, id);
+CREATE INDEX runs_by_status ON runs (status, created_at, id);
+CREATE INDEX runs_by_workflow_status ON runs (workflow, status, created_at, id);
+
+CREATE TABLE steps (
+    run_id       TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    execution    INTEGER NOT NULL,
+    step_index   INTEGER NOT NULL,
+    step_id      TEXT NOT NULL,
+    step_type    TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    error        TEXT,
+    started_at   INTEGER,
+    completed_at INTEGER,
+    duration_ms  INTEGER,
+    data         TEXT,
+    PRIMARY KEY (run_id, execution, step_index)
+) WITHOUT ROWID;
+
+CREATE TABLE attempts (
+    run_id      TEXT NOT NULL,
+    execution   INTEGER NOT NULL,
+    step_index  INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    success     INTEGER NOT NULL,
+    error       TEXT,
+    duration_ms INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    PRIMARY KEY (run_id, execution, step_index, attempt),
+    FOREIGN KEY (run_id, execution, step_index)
+        REFERENCES steps (run_id, execution, step_index) ON DELETE CASCADE
+) WITHOUT ROWID;
+
+CREATE TABLE gate_decisions (
+    seq             INTEGER PRIMARY KEY,
+    run_id          TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    gate_id         TEXT NOT NULL,
+    decision        TEXT NOT NULL,
+    decided_by      TEXT NOT NULL,
+    decided_at      INTEGER NOT NULL,
+    comment         TEXT,
+    patch           TEXT,
+    artifact_before TEXT,
+    artifact_after  TEXT
+);
+CREATE INDEX gate_decisions_by_run ON gate_decisions (run_id, seq);
+
+CREATE TABLE pending_gates (
+    run_id     TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    gate_id    TEXT NOT NULL,
+    step_index INTEGER NOT NULL,
+    message    TEXT,
+    artifact   TEXT,
+    since      INTEGER NOT NULL,
+    deadline   INTEGER,
+    PRIMARY KEY (run_id, gate_id)
+) WITHOUT ROWID;
+CREATE INDEX pending_gates_by_since ON pending_gates (since, run_id, gate_id);
+",
+];
+
+/// The schema version this build writes; a file with a higher
+/// `user_version` came from a newer Aegis and is refused.
+pub(crate) const LATEST_VERSION: i64 = MIGRATIONS.len() as i64;

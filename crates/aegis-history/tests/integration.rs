@@ -1,0 +1,6 @@
+//! Integration tests of aegis-history: the conformance suite on every backend, faults, crashes.
+
+#![expect(clippy::unwrap_used, reason = "test helpers panic on failure like tests do")]
+
+#[path = "integration/conformance.rs"]
+mod conformance;
