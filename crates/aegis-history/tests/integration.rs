@@ -4,3 +4,7 @@
 
 #[path = "integration/conformance.rs"]
 mod conformance;
+#[path = "integration/crash.rs"]
+mod crash;
+#[path = "integration/faults.rs"]
+mod faults;
