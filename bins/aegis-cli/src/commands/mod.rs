@@ -1,0 +1,9 @@
+//! One module per subcommand.
+
+pub(crate) mod completions;
+pub(crate) mod config;
+
+/// A mistake in how the command was called, rather than in what it works on (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
