@@ -153,6 +153,14 @@ pub enum Error {
         gate_id: String,
     },
 
+    /// The writer thread could not be started.
+    #[error("failed to start the history writer thread")]
+    SpawnWriter {
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The backend has shut down (its writer thread stopped).
     #[error("history backend is closed")]
     Closed,

@@ -56,7 +56,14 @@ enum Readers {
 
 /// History in an SQLite database file (or `:memory:`).
 ///
-/// Dropping it waits for the writes already queued to commit.
+/// A write's future resolves only after the transaction holding it has
+/// committed. With the default [`Durability::ProcessCrash`] (WAL,
+/// `synchronous=NORMAL`) a committed write survives the process being
+/// killed at any moment; [`Durability::PowerLoss`] (`synchronous=FULL`)
+/// also survives power loss at the cost of one fsync per batch.
+///
+/// Dropping it waits for the writes already queued to commit; it blocks
+/// the current thread for that long.
 #[derive(Debug)]
 pub struct SqliteHistory {
     location: PathBuf,
@@ -169,7 +176,7 @@ impl SqliteHistory {
         let writer = std::thread::Builder::new()
             .name("aegis-history-writer".to_owned())
             .spawn(move || writer::run(conn, receiver, max_batch, keep))
-            .map_err(|source| Error::CreateDir { path: location.clone(), source })?;
+            .map_err(|source| Error::SpawnWriter { source })?;
         Ok(Self { location, sender: Some(sender), writer: Some(writer), readers })
     }
 
