@@ -101,10 +101,7 @@ impl Sink {
 }
 
 /// Deserializes `T` from `node`, recording every schema problem in `sink`.
-pub(crate) fn from_node<'n, T: Deserialize<'n>>(node: &'n Node, sink: &Sink) -> T
-where
-    T: Default,
-{
+pub(crate) fn from_node<'n, T: Deserialize<'n> + Default>(node: &'n Node, sink: &Sink) -> T {
     let de = NodeDe { node, path: String::new(), sink };
     match T::deserialize(de) {
         Ok(value) => value,

@@ -635,7 +635,7 @@ impl Validator<'_> {
             return None;
         };
         let known = StepKind::BUILT_IN.contains(&type_name.value.as_str())
-            || self.ctx.extra_step_types.iter().any(|t| *t == type_name.value);
+            || self.ctx.extra_step_types.contains(&type_name.value);
         if !known {
             let candidates = StepKind::BUILT_IN
                 .iter()
@@ -814,7 +814,7 @@ impl Validator<'_> {
             let mut refs = Vec::new();
             collect_step_refs(&body.value, &mut refs);
             for step_ref in refs {
-                if !earlier.iter().any(|e| *e == step_ref) {
+                if !earlier.contains(&step_ref) {
                     self.error(
                         Check::StepIds,
                         body.loc,

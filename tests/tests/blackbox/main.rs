@@ -1,3 +1,5 @@
 //! Black-box tests: the real binaries, started as a user would start them.
 
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly on broken fixtures")]
+
 mod cli_config;
