@@ -14,7 +14,8 @@ pub fn workspace_root() -> PathBuf {
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // The test runs from `<target>/<profile>/deps/<test>`.
-    let profile_dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let profile_dir =
+        exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
     profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 

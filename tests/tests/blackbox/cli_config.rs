@@ -23,9 +23,11 @@ fn the_example_config_validates_with_a_check_line_each() {
 
 #[test]
 fn a_python_era_config_loads_unchanged() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/aegis-config/tests/data/good/python-aegis.example.yaml");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/aegis-config/tests/data/good/python-aegis.example.yaml");
     let dir = tempfile::tempdir().unwrap();
-    let out = run(aegis_cli(dir.path()).arg("config").arg("validate").arg("--config").arg(&fixture));
+    let out =
+        run(aegis_cli(dir.path()).arg("config").arg("validate").arg("--config").arg(&fixture));
     assert_eq!(out.code, Some(0), "{out:?}");
 }
 
@@ -40,9 +42,18 @@ fn an_invalid_config_exits_1_with_every_finding_located() {
     let out = run(aegis_cli(dir.path()).args(["config", "validate", "--config", "bad.yaml"]));
     assert_eq!(out.code, Some(1), "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines[0], "bad.yaml:2:9: error: `server.port`: expected an integer 1-65535, found \"eighty\"");
-    assert_eq!(lines[1], "bad.yaml:8:16: error: `workflows.w.steps[0].type`: unknown step type \"tset\"; did you mean `test`?");
-    assert_eq!(lines[2], "bad.yaml:9:31: error: `workflows.w.steps[1].service`: unknown service \"qaa\"; did you mean `qa`?");
+    assert_eq!(
+        lines[0],
+        "bad.yaml:2:9: error: `server.port`: expected an integer 1-65535, found \"eighty\""
+    );
+    assert_eq!(
+        lines[1],
+        "bad.yaml:8:16: error: `workflows.w.steps[0].type`: unknown step type \"tset\"; did you mean `test`?"
+    );
+    assert_eq!(
+        lines[2],
+        "bad.yaml:9:31: error: `workflows.w.steps[1].service`: unknown service \"qaa\"; did you mean `qa`?"
+    );
     assert_eq!(lines[3], "✗ bad.yaml: 3 errors");
     assert!(!out.stdout.contains('✓'));
     // The file is only read, never rewritten.
@@ -54,7 +65,12 @@ fn a_nonexistent_config_path_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(aegis_cli(dir.path()).args(["config", "validate", "--config", "missing.yaml"]));
     assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(out.stdout.starts_with("missing.yaml:1:1: error: cannot read the file: No such file or directory"), "{out:?}");
+    assert!(
+        out.stdout.starts_with(
+            "missing.yaml:1:1: error: cannot read the file: No such file or directory"
+        ),
+        "{out:?}"
+    );
     assert!(!out.stderr.contains("panicked"));
 }
 
@@ -69,9 +85,15 @@ fn discovery_walks_up_and_honours_aegis_config() {
     assert!(out.stdout.contains(".aegis.yaml is valid"));
 
     write(dir.path(), "other.yaml", "workflows: [oops]\n");
-    let out = run(aegis_cli(&nested).env("AEGIS_CONFIG", dir.path().join("other.yaml")).args(["config", "validate"]));
+    let out = run(aegis_cli(&nested)
+        .env("AEGIS_CONFIG", dir.path().join("other.yaml"))
+        .args(["config", "validate"]));
     assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(out.stdout.contains("other.yaml:1:12: error: `workflows`: expected a mapping, found a list"), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("other.yaml:1:12: error: `workflows`: expected a mapping, found a list"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -105,7 +127,9 @@ fn show_prints_the_effective_config_with_secrets_redacted() {
         .env("HOOK_SECRET", "hook-secret-value")
         .args(["config", "show", "--json"]));
     assert_eq!(out.code, Some(0), "{out:?}");
-    for secret in ["admin-secret-value-123456", "hook-secret-value", "literal-ci-key-0123456789", "pw-in-url"] {
+    for secret in
+        ["admin-secret-value-123456", "hook-secret-value", "literal-ci-key-0123456789", "pw-in-url"]
+    {
         assert!(!out.stdout.contains(secret), "{secret} leaked: {}", out.stdout);
     }
     let shown: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -134,7 +158,12 @@ fn show_refuses_an_invalid_config() {
     write(dir.path(), ".aegis.yaml", "server: {port: 0}\n");
     let out = run(aegis_cli(dir.path()).args(["config", "show"]));
     assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(out.stdout.contains(".aegis.yaml:1:16: error: `server.port`: expected an integer 1-65535, found 0"), "{out:?}");
+    assert!(
+        out.stdout.contains(
+            ".aegis.yaml:1:16: error: `server.port`: expected an integer 1-65535, found 0"
+        ),
+        "{out:?}"
+    );
 }
 
 #[test]
