@@ -177,3 +177,28 @@ fn completions_are_generated_for_each_shell() {
     let out = run(aegis_cli(dir.path()).args(["completions", "cmd.exe"]));
     assert_eq!(out.code, Some(2), "{out:?}");
 }
+
+/// Runs `aegis-cli ARGS` on a real pseudo-terminal through util-linux `script`.
+fn on_a_terminal(args: &str, no_color: bool) -> String {
+    let root = workspace_root();
+    let bin = aegis_tests::binary("aegis-cli");
+    let mut cmd = std::process::Command::new("script");
+    cmd.current_dir(&root).env_remove("NO_COLOR").args([
+        "-qec",
+        &format!("{} {args}", bin.display()),
+        "/dev/null",
+    ]);
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    }
+    run(&mut cmd).stdout
+}
+
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let args = "config validate --config .aegis.yaml.example";
+    assert!(on_a_terminal(args, false).contains("\x1b[32m✓\x1b[0m"), "a terminal gets colour");
+    let plain = on_a_terminal(args, true);
+    assert!(plain.contains("✓ YAML syntax is valid"), "{plain}");
+    assert!(!plain.contains('\x1b'), "NO_COLOR means no escape codes: {plain:?}");
+}
