@@ -308,7 +308,9 @@ impl ServerConfig {
     }
 }
 
-pub(crate) fn is_loopback_host(host: &str) -> bool {
+/// Whether `host` names the loopback interface: `localhost`, `127.0.0.0/8` or `::1`
+/// (brackets allowed).
+pub fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .trim_matches(|c| c == '[' || c == ']')
