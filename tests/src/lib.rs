@@ -55,6 +55,8 @@ impl From<Output> for Finished {
 pub fn run(cmd: &mut Command) -> Finished {
     match cmd.output() {
         Ok(output) => output.into(),
-        Err(err) => panic!("cannot start {cmd:?}: {err}; build the binaries first (`bash scripts/test.sh` does)"),
+        Err(err) => panic!(
+            "cannot start {cmd:?}: {err}; build the binaries first (`bash scripts/test.sh` does)"
+        ),
     }
 }
