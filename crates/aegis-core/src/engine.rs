@@ -1,0 +1,580 @@
+//! The [`Engine`]: admission (concurrency limits and the bounded queue),
+//! run lifecycle, cancellation, recovery at start and the event bus.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aegis_config::Config;
+use aegis_history::{
+    HistoryBackend, NewRun, RunId, RunRecord, RunStatus, RunUpdate, StepStatus, Trigger,
+};
+use indexmap::IndexMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::event::{
+    Event, EventBus, EventData, RunCancelled, RunEvents, RunInterrupted, RunQueued, Subscription,
+    WorkflowCompleted,
+};
+use crate::health::{ServiceHealth, check_services};
+use crate::run::{RunExec, RunSummary, counts, millis};
+use crate::step::{Step, StepRegistry};
+
+/// How many events a subscriber may fall behind before it lags.
+const DEFAULT_BUS_CAPACITY: usize = 4096;
+
+/// How a run is started.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    trigger: Trigger,
+    request_id: Option<String>,
+}
+
+impl RunOptions {
+    /// A run started by `trigger`.
+    pub fn new(trigger: Trigger) -> Self {
+        Self { trigger, request_id: None }
+    }
+
+    /// Ties the run to the HTTP request that started it.
+    pub fn request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
+    }
+}
+
+/// What [`Engine::recover`] did with the runs a previous process left unfinished.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Recovery {
+    /// Runs that were mid-step and are now `interrupted`.
+    pub interrupted: Vec<RunId>,
+    /// Runs that were queued and have been started again.
+    pub requeued: Vec<RunId>,
+    /// Runs waiting at a gate, left waiting.
+    pub waiting: Vec<RunId>,
+}
+
+/// Builds an [`Engine`].
+#[derive(Debug)]
+pub struct EngineBuilder {
+    config: Arc<Config>,
+    history: Arc<dyn HistoryBackend>,
+    registry: StepRegistry,
+    client: Option<reqwest::Client>,
+    bus_capacity: usize,
+}
+
+impl EngineBuilder {
+    /// Registers a step type (or replaces a built-in one).
+    pub fn step_type(mut self, type_name: impl Into<String>, step: Arc<dyn Step>) -> Self {
+        self.registry.register(type_name, step);
+        self
+    }
+
+    /// Uses this HTTP client instead of building one.
+    pub fn client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// How many events a subscriber may fall behind before it lags (default 4096).
+    pub fn bus_capacity(mut self, capacity: usize) -> Self {
+        self.bus_capacity = capacity;
+        self
+    }
+
+    /// Checks that every step type the workflows use is registered and builds the engine.
+    pub fn build(self) -> Result<Engine> {
+        for workflow in self.config.workflows().values() {
+            for step in workflow.steps() {
+                let type_name = step.type_name();
+                if type_name != "gate" && !self.registry.contains(type_name) {
+                    return Err(Error::UnknownStepType {
+                        workflow: workflow.key().to_owned(),
+                        step: step.id().to_owned(),
+                        type_name: type_name.to_owned(),
+                    });
+                }
+            }
+        }
+        let client = match self.client {
+            Some(client) => client,
+            None => crate::http::build_client()?,
+        };
+        let server = self.config.server();
+        let workflow_limits = self
+            .config
+            .workflows()
+            .values()
+            .filter_map(|w| {
+                w.concurrency().map(|n| (w.key().to_owned(), Arc::new(Semaphore::new(n.max(1)))))
+            })
+            .collect();
+        let inner = Inner {
+            runs_dir: self.config.data_dir().join("runs"),
+            bus: Arc::new(EventBus::new(self.bus_capacity, self.config.event_log_size())),
+            global: Arc::new(Semaphore::new(server.max_concurrent_runs().max(1))),
+            max_queued: server.max_queued_runs(),
+            queued: AtomicUsize::new(0),
+            workflow_limits,
+            active: Mutex::new(HashMap::new()),
+            history: self.history,
+            registry: self.registry,
+            client,
+            config: self.config,
+        };
+        Ok(Engine { inner: Arc::new(inner) })
+    }
+}
+
+/// The pipeline engine. Cheap to clone; clones share everything.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) config: Arc<Config>,
+    pub(crate) history: Arc<dyn HistoryBackend>,
+    pub(crate) registry: StepRegistry,
+    pub(crate) client: reqwest::Client,
+    pub(crate) bus: Arc<EventBus>,
+    runs_dir: PathBuf,
+    global: Arc<Semaphore>,
+    workflow_limits: HashMap<String, Arc<Semaphore>>,
+    max_queued: usize,
+    queued: AtomicUsize,
+    active: Mutex<HashMap<RunId, CancellationToken>>,
+}
+
+impl Inner {
+    pub(crate) fn run_dir(&self, run_id: &RunId) -> PathBuf {
+        self.runs_dir.join(run_id.as_str())
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, CancellationToken>> {
+        match self.active.lock() {
+            Ok(active) => active,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// The slots a running run holds: one of `max_concurrent_runs` and one of its
+/// workflow's `concurrency`. Dropping them lets the next queued run start.
+#[derive(Debug)]
+struct Slots {
+    _workflow: Option<OwnedSemaphorePermit>,
+    _global: OwnedSemaphorePermit,
+}
+
+/// A place in the bounded queue; dropping it frees the place.
+#[derive(Debug)]
+struct QueuePlace(Arc<Inner>);
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug)]
+enum Admission {
+    Now(Slots),
+    Queued(QueuePlace),
+}
+
+/// A submitted run: its id, a way to cancel it and to wait for its end.
+#[derive(Debug, Clone)]
+pub struct RunHandle {
+    run_id: RunId,
+    cancel: CancellationToken,
+    done: watch::Receiver<Option<Arc<RunSummary>>>,
+}
+
+impl RunHandle {
+    /// The run id.
+    pub fn id(&self) -> &RunId {
+        &self.run_id
+    }
+
+    /// Asks the run to stop; the current step is abandoned promptly.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits until the run finishes or pauses at a gate.
+    pub async fn wait(mut self) -> Result<Arc<RunSummary>> {
+        loop {
+            if let Some(summary) = self.done.borrow_and_update().clone() {
+                return Ok(summary);
+            }
+            if self.done.changed().await.is_err() {
+                return Err(Error::RunAborted(self.run_id.to_string()));
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Starts building an engine for a configuration and a history store.
+    pub fn builder(
+        config: impl Into<Arc<Config>>,
+        history: Arc<dyn HistoryBackend>,
+    ) -> EngineBuilder {
+        EngineBuilder {
+            config: config.into(),
+            history,
+            registry: StepRegistry::with_builtins(),
+            client: None,
+            bus_capacity: DEFAULT_BUS_CAPACITY,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The history store.
+    pub fn history(&self) -> &Arc<dyn HistoryBackend> {
+        &self.inner.history
+    }
+
+    /// The shared HTTP client.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.inner.client
+    }
+
+    /// Follows every event from now on.
+    pub fn subscribe(&self) -> Subscription {
+        self.inner.bus.subscribe()
+    }
+
+    /// The last `event_log_size` events, oldest first.
+    pub fn recent_events(&self) -> Vec<Arc<Event>> {
+        self.inner.bus.recent()
+    }
+
+    /// The folder of a run's events and artifacts, `data_dir/runs/<run_id>/`.
+    pub fn run_dir(&self, run_id: &RunId) -> PathBuf {
+        self.inner.run_dir(run_id)
+    }
+
+    /// Checks every configured service's health concurrently.
+    pub async fn check_services(&self) -> Vec<ServiceHealth> {
+        check_services(&self.inner.client, &self.inner.config).await
+    }
+
+    /// Submits a run of a workflow. It starts at once if a slot is free, else
+    /// waits in the queue; fails with [`Error::QueueFull`] when the queue is full.
+    pub async fn submit(&self, workflow: &str, options: RunOptions) -> Result<RunHandle> {
+        if !self.inner.config.workflows().contains_key(workflow) {
+            return Err(Error::UnknownWorkflow(workflow.to_owned()));
+        }
+        let admission = self.admit(workflow)?;
+        let run = NewRun {
+            id: RunId::new(uuid::Uuid::now_v7().to_string()),
+            workflow: workflow.to_owned(),
+            trigger: options.trigger,
+            request_id: options.request_id.clone(),
+            created_at: jiff::Timestamp::now(),
+        };
+        self.inner.history.create_run(&run).await?;
+        let events = Arc::new(RunEvents::open(
+            &self.inner.run_dir(&run.id),
+            run.id.as_str(),
+            workflow,
+            options.request_id,
+            Arc::clone(&self.inner.bus),
+        )?);
+        events.emit(EventData::RunQueued(RunQueued { trigger: run.trigger.as_str().to_owned() }));
+        log::debug!("run_id={}: queued for workflow {workflow}", run.id);
+        Ok(self.spawn(run.id, workflow.to_owned(), run.trigger, events, admission))
+    }
+
+    /// Submits a run and waits for it to finish (or pause at a gate).
+    pub async fn run(&self, workflow: &str, options: RunOptions) -> Result<Arc<RunSummary>> {
+        self.submit(workflow, options).await?.wait().await
+    }
+
+    /// Cancels a queued or running run of this process. Returns whether the
+    /// run was found.
+    pub fn cancel(&self, run_id: &RunId) -> bool {
+        match self.inner.active().get(run_id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many runs wait for a slot right now.
+    pub fn queued_runs(&self) -> usize {
+        self.inner.queued.load(Ordering::Acquire)
+    }
+
+    /// Recovers the runs a previous process left unfinished. Call once at
+    /// start, before serving: runs left `running` become `interrupted` (with a
+    /// `run.interrupted` event), runs left `queued` are started again, runs
+    /// `waiting` at a gate keep waiting.
+    pub async fn recover(&self) -> Result<Recovery> {
+        let unfinished = self.inner.history.unfinished().await?;
+        let mut recovery = Recovery::default();
+        for run in unfinished.running {
+            self.interrupt(&run).await?;
+            recovery.interrupted.push(run.id);
+        }
+        for run in unfinished.queued {
+            let events = Arc::new(RunEvents::open(
+                &self.inner.run_dir(&run.id),
+                run.id.as_str(),
+                &run.workflow,
+                run.request_id.clone(),
+                Arc::clone(&self.inner.bus),
+            )?);
+            if !self.inner.config.workflows().contains_key(&run.workflow) {
+                let reason = format!("workflow {:?} no longer exists", run.workflow);
+                self.end_unstarted(&run.id, &events, RunStatus::Interrupted, &reason).await?;
+                recovery.interrupted.push(run.id);
+                continue;
+            }
+            self.inner.queued.fetch_add(1, Ordering::AcqRel);
+            let place = Admission::Queued(QueuePlace(Arc::clone(&self.inner)));
+            self.spawn(run.id.clone(), run.workflow.clone(), run.trigger, events, place);
+            recovery.requeued.push(run.id);
+        }
+        recovery.waiting = unfinished.waiting.into_iter().map(|r| r.id).collect();
+        log::info!(
+            "recovered runs: {} interrupted, {} requeued, {} waiting",
+            recovery.interrupted.len(),
+            recovery.requeued.len(),
+            recovery.waiting.len()
+        );
+        Ok(recovery)
+    }
+
+    async fn interrupt(&self, run: &RunRecord) -> Result<()> {
+        let events = RunEvents::open(
+            &self.inner.run_dir(&run.id),
+            run.id.as_str(),
+            &run.workflow,
+            run.request_id.clone(),
+            Arc::clone(&self.inner.bus),
+        )?;
+        let now = jiff::Timestamp::now();
+        let mut step_id = None;
+        if let Some(detail) = self.inner.history.get_run(&run.id).await? {
+            for mut step in detail.steps.into_iter().filter(|s| s.status == StepStatus::Running) {
+                step_id = Some(step.step_id.clone());
+                step.status = StepStatus::Failed;
+                step.error = Some("interrupted: the process stopped during this step".into());
+                step.completed_at = Some(now);
+                self.inner.history.record_step(&run.id, &step).await?;
+            }
+        }
+        let reason = "the process stopped while the run was running".to_owned();
+        let duration_ms =
+            run.started_at.and_then(|s| now.duration_since(s).try_into().ok()).map(millis);
+        let update = RunUpdate {
+            status: RunStatus::Interrupted,
+            started_at: None,
+            completed_at: Some(now),
+            duration_ms,
+            error: Some(reason.clone()),
+        };
+        self.inner.history.update_run(&run.id, &update).await?;
+        events.emit(EventData::RunInterrupted(RunInterrupted { step_id, reason: reason.clone() }));
+        events.emit(EventData::WorkflowCompleted(WorkflowCompleted {
+            status: RunStatus::Interrupted.as_str().to_owned(),
+            success: false,
+            duration_ms: duration_ms.unwrap_or(0),
+            summary: Default::default(),
+            error: Some(reason),
+        }));
+        log::warn!("run_id={}: marked interrupted", run.id);
+        Ok(())
+    }
+
+    /// Ends a run that never started (cancelled in the queue, or unrunnable).
+    async fn end_unstarted(
+        &self,
+        run_id: &RunId,
+        events: &RunEvents,
+        status: RunStatus,
+        reason: &str,
+    ) -> Result<()> {
+        end_unstarted(&self.inner, run_id, events, status, reason).await
+    }
+
+    fn admit(&self, workflow: &str) -> Result<Admission> {
+        let inner = &self.inner;
+        let workflow_slot = match inner.workflow_limits.get(workflow) {
+            Some(limit) => Arc::clone(limit).try_acquire_owned().ok().map(Some),
+            None => Some(None),
+        };
+        if let Some(workflow_slot) = workflow_slot
+            && let Ok(global) = Arc::clone(&inner.global).try_acquire_owned()
+        {
+            return Ok(Admission::Now(Slots { _workflow: workflow_slot, _global: global }));
+        }
+        let before = inner.queued.fetch_add(1, Ordering::AcqRel);
+        if before >= inner.max_queued {
+            inner.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::QueueFull { limit: inner.max_queued });
+        }
+        Ok(Admission::Queued(QueuePlace(Arc::clone(inner))))
+    }
+
+    fn spawn(
+        &self,
+        run_id: RunId,
+        workflow: String,
+        trigger: Trigger,
+        events: Arc<RunEvents>,
+        admission: Admission,
+    ) -> RunHandle {
+        let cancel = CancellationToken::new();
+        let (done_tx, done) = watch::channel(None);
+        self.inner.active().insert(run_id.clone(), cancel.clone());
+        let handle = RunHandle { run_id: run_id.clone(), cancel: cancel.clone(), done };
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let summary = drive(
+                Arc::clone(&inner),
+                run_id.clone(),
+                workflow,
+                trigger,
+                events,
+                admission,
+                cancel,
+            )
+            .await;
+            inner.active().remove(&run_id);
+            done_tx.send_replace(Some(Arc::new(summary)));
+        });
+        handle
+    }
+}
+
+/// Waits for slots (unless admitted at once), then executes the run.
+async fn drive(
+    inner: Arc<Inner>,
+    run_id: RunId,
+    workflow_key: String,
+    trigger: Trigger,
+    events: Arc<RunEvents>,
+    admission: Admission,
+    cancel: CancellationToken,
+) -> RunSummary {
+    let unstarted = |status: RunStatus, error: &str| RunSummary {
+        run_id: run_id.to_string(),
+        workflow: workflow_key.clone(),
+        status,
+        trigger,
+        started_at: None,
+        completed_at: Some(jiff::Timestamp::now()),
+        duration_ms: 0,
+        error: Some(error.to_owned()),
+        waiting_at: None,
+        steps: Vec::new(),
+    };
+    let Some(workflow) = inner.config.workflows().get(&workflow_key).cloned() else {
+        return unstarted(RunStatus::Failed, "unknown workflow");
+    };
+    let slots = match admission {
+        Admission::Now(slots) => slots,
+        Admission::Queued(place) => {
+            let acquire = async {
+                let workflow_slot = match inner.workflow_limits.get(&workflow_key) {
+                    Some(limit) => Some(Arc::clone(limit).acquire_owned().await),
+                    None => None,
+                };
+                let global = Arc::clone(&inner.global).acquire_owned().await;
+                (workflow_slot, global)
+            };
+            let acquired = tokio::select! {
+                biased;
+                () = cancel.cancelled() => None,
+                acquired = acquire => Some(acquired),
+            };
+            drop(place);
+            match acquired {
+                Some((Some(Ok(w)), Ok(g))) => Slots { _workflow: Some(w), _global: g },
+                Some((None, Ok(g))) => Slots { _workflow: None, _global: g },
+                Some(_) => {
+                    // The semaphores are never closed; treat it as a cancellation.
+                    let _ = end_unstarted(
+                        &inner,
+                        &run_id,
+                        &events,
+                        RunStatus::Cancelled,
+                        "engine closed",
+                    )
+                    .await;
+                    return unstarted(RunStatus::Cancelled, "engine closed");
+                }
+                None => {
+                    if let Err(err) =
+                        end_unstarted(&inner, &run_id, &events, RunStatus::Cancelled, "cancelled")
+                            .await
+                    {
+                        log::error!("run_id={run_id}: cannot record the cancellation: {err}");
+                    }
+                    return unstarted(RunStatus::Cancelled, "cancelled");
+                }
+            }
+        }
+    };
+    let exec = RunExec {
+        inner: Arc::clone(&inner),
+        run_id,
+        workflow,
+        trigger,
+        events,
+        cancel,
+        outcomes: IndexMap::new(),
+    };
+    let summary = exec.execute(0).await;
+    drop(slots);
+    summary
+}
+
+async fn end_unstarted(
+    inner: &Inner,
+    run_id: &RunId,
+    events: &RunEvents,
+    status: RunStatus,
+    reason: &str,
+) -> Result<()> {
+    let update = RunUpdate {
+        status,
+        started_at: None,
+        completed_at: Some(jiff::Timestamp::now()),
+        duration_ms: Some(0),
+        error: Some(reason.to_owned()),
+    };
+    inner.history.update_run(run_id, &update).await?;
+    if status == RunStatus::Cancelled {
+        events.emit(EventData::RunCancelled(RunCancelled { step_id: None }));
+    } else {
+        events.emit(EventData::RunInterrupted(RunInterrupted {
+            step_id: None,
+            reason: reason.to_owned(),
+        }));
+    }
+    events.emit(EventData::WorkflowCompleted(WorkflowCompleted {
+        status: status.as_str().to_owned(),
+        success: false,
+        duration_ms: 0,
+        summary: counts(0, &IndexMap::new()),
+        error: Some(reason.to_owned()),
+    }));
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! The engine's error type.
+
+use std::path::PathBuf;
+
+/// Why an engine operation failed.
+///
+/// A step that fails is not an error of the engine: it is recorded in the run
+/// (see [`crate::StepError`]). These errors are about the engine itself.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The workflow named in a request does not exist in the configuration.
+    #[error("unknown workflow {0:?}")]
+    UnknownWorkflow(String),
+    /// A workflow uses a step type no [`crate::Step`] is registered for.
+    #[error(
+        "workflow {workflow:?} step {step:?} has type {type_name:?}, which no step is registered for"
+    )]
+    UnknownStepType {
+        /// The workflow key.
+        workflow: String,
+        /// The step id.
+        step: String,
+        /// The unregistered type name.
+        type_name: String,
+    },
+    /// The queue of runs waiting for a slot is full (the API answers 429).
+    #[error("run queue is full ({limit} runs waiting)")]
+    QueueFull {
+        /// `server.max_queued_runs`.
+        limit: usize,
+    },
+    /// No run with this id is known.
+    #[error("unknown run {0}")]
+    UnknownRun(String),
+    /// A run's task ended without reporting how the run ended (it panicked).
+    #[error("run {0} ended without a result")]
+    RunAborted(String),
+    /// The history store failed.
+    #[error("history store failed")]
+    History(#[from] aegis_history::Error),
+    /// A file under `data_dir` could not be read or written.
+    #[error("cannot write {path}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An event or artifact could not be encoded as JSON.
+    #[error("cannot encode json")]
+    Json(#[from] serde_json::Error),
+    /// The shared HTTP client could not be built.
+    #[error("cannot build the http client")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

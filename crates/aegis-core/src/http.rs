@@ -1,0 +1,152 @@
+//! The shared HTTP client and the calls steps make to services, with errors
+//! that tell a refused connection from a timeout from an HTTP status.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use aegis_config::Service;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::step::{StepContext, StepError};
+
+/// How much of a response body an error message quotes.
+const SNIPPET_CHARS: usize = 200;
+
+/// Builds the client the engine shares between all steps and health checks:
+/// rustls, connection pooling, no proxy lookups from the environment.
+pub fn build_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("aegis/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .no_proxy()
+        .build()
+        .map_err(Error::HttpClient)
+}
+
+/// The URL of `path` on a service.
+pub(crate) fn service_url(service: &Service, path: &str) -> String {
+    let base = service.url().as_str().trim_end_matches('/');
+    if path.starts_with('/') { format!("{base}{path}") } else { format!("{base}/{path}") }
+}
+
+/// The value of the service's `api_key_env` variable, if set and not empty.
+pub(crate) fn api_key(service: &Service) -> Option<String> {
+    let var = service.api_key_env()?;
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
+
+/// A short, lowercase description of a failed request.
+pub(crate) fn describe_error(err: &reqwest::Error) -> String {
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
+                std::io::ErrorKind::TimedOut => return "connection timed out".into(),
+                _ => {}
+            }
+        }
+        source = cause.source();
+    }
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if err.is_connect() { format!("connection failed: {text}") } else { text }
+}
+
+/// "timed out after 60s", "timed out after 1.5s" or "timed out after 250ms".
+pub(crate) fn describe_timeout(limit: Duration) -> String {
+    let ms = limit.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("timed out after {}s", ms / 1000)
+    } else if ms >= 1000 {
+        format!("timed out after {}s", limit.as_secs_f64())
+    } else {
+        format!("timed out after {ms}ms")
+    }
+}
+
+/// A request a step sends to its service.
+#[derive(Debug)]
+pub(crate) struct Call<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) body: Option<&'a Value>,
+    pub(crate) headers: Vec<(&'a str, &'a str)>,
+    /// Accepted statuses; empty accepts any 2xx.
+    pub(crate) expect_status: &'a [u16],
+}
+
+/// Sends a call to the step's service and returns the JSON response (a
+/// non-JSON body becomes a string, an empty one `null`).
+pub(crate) async fn call(ctx: &StepContext, call: Call<'_>) -> Result<Value, StepError> {
+    let service = ctx.service().ok_or_else(|| {
+        StepError::new(format!("step {:?} names no configured service", ctx.step().id()))
+    })?;
+    let url = service_url(service, call.path);
+    let method = reqwest::Method::from_bytes(call.method.as_bytes())
+        .map_err(|_| StepError::new(format!("invalid http method {:?}", call.method)))?;
+    let mut request = ctx.client().request(method, &url);
+    if let Some(key) = api_key(service) {
+        request = request.header("X-API-Key", key);
+    }
+    for (name, value) in call.headers {
+        request = request.header(name, value);
+    }
+    if let Some(body) = call.body {
+        request = request.json(body);
+    }
+    let response = request.send().await.map_err(|err| StepError::new(describe_error(&err)))?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|err| StepError::new(describe_error(&err)))?;
+    let body = parse_body(&bytes);
+    let accepted = if call.expect_status.is_empty() {
+        status.is_success()
+    } else {
+        call.expect_status.contains(&status.as_u16())
+    };
+    if !accepted {
+        let snippet: String = String::from_utf8_lossy(&bytes).chars().take(SNIPPET_CHARS).collect();
+        let message = if snippet.trim().is_empty() {
+            format!("HTTP {}", status.as_u16())
+        } else {
+            format!("HTTP {}: {}", status.as_u16(), snippet.trim())
+        };
+        return Err(StepError::new(message).with_data(body));
+    }
+    Ok(body)
+}
+
+fn parse_body(bytes: &[u8]) -> Value {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Value::Null;
+    }
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_described_in_the_unit_that_reads_best() {
+        assert_eq!(describe_timeout(Duration::from_secs(60)), "timed out after 60s");
+        assert_eq!(describe_timeout(Duration::from_millis(1500)), "timed out after 1.5s");
+        assert_eq!(describe_timeout(Duration::from_millis(250)), "timed out after 250ms");
+    }
+
+    #[test]
+    fn bodies_parse_as_json_text_or_null() {
+        assert_eq!(parse_body(b" "), Value::Null);
+        assert_eq!(parse_body(b"{\"a\":1}"), serde_json::json!({"a": 1}));
+        assert_eq!(parse_body(b"oops"), Value::String("oops".into()));
+    }
+}

@@ -1,0 +1,115 @@
+//! The Aegis pipeline engine: runs workflows of steps against QA services,
+//! records them in history and publishes their events.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use aegis_config::StepKind;
+//! use aegis_core::{Engine, Received, RunOptions, Step, StepContext, StepError};
+//! use aegis_history::{HistoryBackend, InMemoryHistory, Trigger};
+//! use serde_json::{json, Value};
+//!
+//! // A step type of our own, registered under the name `greet`.
+//! #[derive(Debug)]
+//! struct Greet;
+//!
+//! #[async_trait::async_trait]
+//! impl Step for Greet {
+//!     async fn execute(&self, ctx: &StepContext) -> Result<Value, StepError> {
+//!         let StepKind::Custom(custom) = ctx.step().kind() else {
+//!             return Err(StepError::new("greet needs `with:` options"));
+//!         };
+//!         Ok(json!({ "hello": custom.with()["name"] }))
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! std::fs::write(dir.path().join(".aegis.yaml"), "
+//! data_dir: ./data
+//! workflows:
+//!   hello:
+//!     steps:
+//!       - { id: greet, type: greet, with: { name: world } }
+//!       - { id: report, type: report }
+//! ")?;
+//! let config = aegis_config::LoadOptions::new().cwd(dir.path()).step_types(["greet"]).load()?;
+//! let history: Arc<dyn HistoryBackend> = Arc::new(InMemoryHistory::default());
+//! let engine = Engine::builder(config, history).step_type("greet", Arc::new(Greet)).build()?;
+//!
+//! let mut events = engine.subscribe();
+//! let summary = engine.run("hello", RunOptions::new(Trigger::Cli)).await?;
+//! assert!(summary.succeeded());
+//! assert_eq!(summary.step("greet").map(|s| s.data.clone()), Some(json!({ "hello": "world" })));
+//! // Every run's events start with `run.queued`, seq 1, and are also in
+//! // data_dir/runs/<run_id>/events.jsonl.
+//! if let Some(Received::Event(event)) = events.recv().await {
+//!     assert_eq!((event.event_type.as_str(), event.seq), ("run.queued", 1));
+//! }
+//! # Ok(())
+//! # })
+//! # }
+//! ```
+//!
+//! # Semantics
+//!
+//! * **Steps.** A step succeeds when its call succeeds: a 2xx answer (or one of
+//!   `expect_status`), or exit code 0 for `command`. A `command` with `junit:`
+//!   succeeds when its report parses, whatever its exit code: test failures are
+//!   data (`failures`), as for `test`. A missing or malformed report fails the
+//!   step with an error naming the file.
+//! * **Conditions** look at the steps before the step (for a parallel batch,
+//!   before the batch): `on_success` (the default) holds when every earlier step
+//!   succeeded or was skipped; `on_failure` when one failed; `has_failures` when
+//!   one's data has a non-empty `failures` array; `always` always. A step whose
+//!   condition is false is skipped (`step.skipped`), which counts as success.
+//! * **Retries.** A step makes up to `retries + 1` attempts; the wait before
+//!   attempt `n + 1` is `retry_delay * 2^(n-1)`, capped at [`MAX_RETRY_DELAY`].
+//!   Every attempt is recorded. Each attempt is limited by the step's `timeout`
+//!   ("timed out after 60s", distinct from "connection refused" and
+//!   "HTTP 500: <body>").
+//! * **Parallel batches.** Consecutive `parallel: true` steps run together;
+//!   a gate always runs alone.
+//! * **Runs.** A run succeeds when every step succeeded or was skipped. Ids are
+//!   UUIDv7. At most `server.max_concurrent_runs` runs execute at once, and at
+//!   most `concurrency` of one workflow; the others wait in a queue of at most
+//!   `server.max_queued_runs` runs, beyond which [`Engine::submit`] fails with
+//!   [`Error::QueueFull`]. Cancelling stops the current step at once (its future
+//!   is dropped; a command's process is killed).
+//! * **Gates.** A run that reaches a gate is recorded as `waiting` with a pending
+//!   gate and its execution ends, freeing its slot; the decision (a later
+//!   feature) resumes it at the step after the gate.
+//! * **Events** have a per-run `seq` from 1, are appended to
+//!   `data_dir/runs/<run_id>/events.jsonl` before they are published on the
+//!   bus, and are the same in both. Publishing never waits for a subscriber.
+//! * **Artifacts.** Each step's data is written to `<step_id>.json` in the
+//!   run's folder; `command` adds `<step_id>.stdout.txt` and `.stderr.txt`.
+//! * **Recovery.** [`Engine::recover`] marks runs left `running` as
+//!   `interrupted`, restarts runs left `queued`, and leaves `waiting` runs.
+//! * A failed history write is logged and the run goes on.
+
+#![warn(missing_docs)]
+
+mod engine;
+mod error;
+mod event;
+mod health;
+mod http;
+mod run;
+mod step;
+mod steps;
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use engine::{Engine, EngineBuilder, Recovery, RunHandle, RunOptions};
+pub use error::{Error, Result};
+pub use event::{
+    ArtifactCreated, Event, EventBus, EventData, EventType, FailureDetected, GateDecided,
+    GateExpired, GateWaiting, Received, RunCancelled, RunInterrupted, RunQueued, SCHEMA_VERSION,
+    StepCompleted, StepCounts, StepRetrying, StepSkipped, StepStarted, Subscription, WebhookFailed,
+    WorkflowCompleted, WorkflowStarted, event_schemas,
+};
+pub use health::{HEALTH_TIMEOUT, HealthStatus, ServiceHealth, check_service, check_services};
+pub use http::build_client;
+pub use run::{MAX_RETRY_DELAY, RunSummary, retry_delay};
+pub use step::{AttemptOutcome, Step, StepContext, StepError, StepOutcome, StepRegistry};

@@ -1,0 +1,26 @@
+//! The built-in step types of SPEC section 4 (`gate` is handled by the engine).
+
+mod command;
+mod http;
+mod junit;
+mod report;
+mod service;
+mod template;
+
+use std::sync::Arc;
+
+use crate::step::StepRegistry;
+
+pub(crate) use template::resolve as resolve_template;
+
+/// Registers every built-in step type.
+pub(crate) fn register_builtins(registry: &mut StepRegistry) {
+    registry
+        .register("discover", Arc::new(service::Discover))
+        .register("test", Arc::new(service::RunTests { verify_only: false }))
+        .register("verify", Arc::new(service::RunTests { verify_only: true }))
+        .register("submit_bugs", Arc::new(service::SubmitBugs))
+        .register("report", Arc::new(report::Report))
+        .register("http", Arc::new(http::HttpCall))
+        .register("command", Arc::new(command::Command));
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the engine against local mock QA services on 127.0.0.1.
+
+mod common;
+mod control;
+mod events;
+mod runs;
+mod steps;
