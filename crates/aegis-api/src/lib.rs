@@ -1,0 +1,117 @@
+//! The Aegis HTTP API: routes, middleware, error mapping and the OpenAPI document.
+//!
+//! [`app`] builds the actix-web application the server runs and the tests drive with
+//! `actix_web::test`, so both exercise the same routes, limits and middleware.
+
+mod auth;
+pub mod dto;
+mod error;
+mod middleware;
+mod openapi;
+mod routes;
+mod state;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::{App, HttpRequest, HttpResponse, Resource, web};
+
+pub use error::{ApiError, ErrorBody, ErrorDetail, Result};
+pub use middleware::{REQUEST_ID, RequestId, client_ip, request_id};
+pub use openapi::openapi;
+pub use state::AppState;
+
+/// A resource whose unmatched methods get a JSON 405.
+fn resource(path: &str) -> Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse> {
+    Err(ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+    })
+}
+
+async fn no_route(req: HttpRequest) -> Result<HttpResponse> {
+    Err(ApiError::NoRoute(req.path().to_owned()))
+}
+
+fn json_error(err: JsonPayloadError, _req: &HttpRequest, limit: usize) -> actix_web::Error {
+    let api = match &err {
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            ApiError::PayloadTooLarge { limit }
+        }
+        JsonPayloadError::ContentType => ApiError::UnsupportedMediaType(
+            "expected a JSON body with `Content-Type: application/json`".to_owned(),
+        ),
+        JsonPayloadError::Deserialize(de) if de.is_data() => {
+            ApiError::Unprocessable(format!("invalid request body: {de}"))
+        }
+        JsonPayloadError::Deserialize(de) => ApiError::BadRequest(format!("malformed JSON: {de}")),
+        other => ApiError::BadRequest(format!("cannot read the request body: {other}")),
+    };
+    api.into()
+}
+
+fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::BadRequest(format!("invalid query string: {err}")).into()
+}
+
+fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::BadRequest(format!("invalid path: {err}")).into()
+}
+
+/// Builds the application: every route under `server.base_path`, JSON error bodies for
+/// every failure, `X-Request-ID` on every response, one log line per request.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let limit = state.config().server().max_body_bytes();
+    let base_path = state.config().server().base_path().to_owned();
+    App::new()
+        .app_data(state)
+        .app_data(
+            web::JsonConfig::default()
+                .limit(limit)
+                .error_handler(move |err, req| json_error(err, req, limit)),
+        )
+        .app_data(web::PayloadConfig::default().limit(limit))
+        .app_data(web::QueryConfig::default().error_handler(query_error))
+        .app_data(web::PathConfig::default().error_handler(path_error))
+        .wrap(actix_web::middleware::from_fn(middleware::observe))
+        .service(
+            web::scope(&base_path)
+                .service(resource("/").route(web::get().to(routes::index::index)))
+                .service(resource("/health").route(web::get().to(routes::health::health)))
+                .service(resource("/health/live").route(web::get().to(routes::health::live)))
+                .service(resource("/healthz").route(web::get().to(routes::health::live)))
+                .service(resource("/health/ready").route(web::get().to(routes::health::ready)))
+                .service(resource("/health/status").route(web::get().to(routes::health::status)))
+                .service(resource("/api/openapi.json").route(web::get().to(openapi::document)))
+                .service(resource("/api/workflows").route(web::get().to(routes::workflows::list)))
+                .service(
+                    resource("/api/workflows/{key}").route(web::get().to(routes::workflows::get)),
+                )
+                .service(
+                    resource("/api/workflows/{key}/history")
+                        .route(web::get().to(routes::runs::workflow_history)),
+                )
+                .service(resource("/api/runs").route(web::get().to(routes::runs::list)))
+                .service(resource("/api/runs/{id}").route(web::get().to(routes::runs::get)))
+                .service(resource("/api/history").route(web::get().to(routes::runs::history)))
+                .service(
+                    resource("/api/portfolio").route(web::get().to(routes::portfolio::portfolio)),
+                )
+                .default_service(web::to(no_route)),
+        )
+        .default_service(web::to(no_route))
+}

@@ -1,0 +1,8 @@
+//! API tests: the same `aegis_api::app` the server runs, driven with `actix_web::test`.
+
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly on broken fixtures")]
+
+mod common;
+mod errors;
+mod health;
+mod runs;
