@@ -29,6 +29,10 @@ enum Command {
     Config(commands::config::ConfigCommand),
     /// Print a shell completion script.
     Completions(commands::completions::CompletionsArgs),
+    /// Run a workflow in-process, printing a line per step (exit 0 succeeded, 1 failed).
+    Run(commands::run::RunArgs),
+    /// Print the health of every configured service (exit 1 unless all are healthy).
+    Status(commands::status::StatusArgs),
 }
 
 /// How a command ended, as the exit code scripts read.
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Config(cmd) => commands::config::run(cmd, cli.config, styles),
         Command::Completions(args) => commands::completions::run(&args),
+        Command::Run(args) => commands::run::run(args, cli.config, styles),
+        Command::Status(args) => commands::status::run(&args, cli.config, styles),
     };
     exit_code(result, styles)
 }

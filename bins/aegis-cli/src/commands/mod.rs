@@ -2,6 +2,8 @@
 
 pub(crate) mod completions;
 pub(crate) mod config;
+pub(crate) mod run;
+pub(crate) mod status;
 
 /// A mistake in how the command was called, rather than in what it works on (exit 2).
 #[derive(Debug, thiserror::Error)]
