@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The history store failed.
     #[error("history store: {0}")]
     History(#[from] aegis_history::Error),
+    /// The engine failed.
+    #[error("engine: {0}")]
+    Engine(aegis_core::Error),
     /// A bug or an I/O failure on the server's side: 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,7 +84,23 @@ impl ApiError {
             ApiError::History(aegis_history::Error::InvalidCursor { .. }) => "bad_request",
             ApiError::History(aegis_history::Error::RunNotFound { .. }) => "not_found",
             ApiError::History(aegis_history::Error::GateNotPending { .. }) => "conflict",
-            ApiError::History(_) | ApiError::Internal(_) => "internal_error",
+            ApiError::History(_) | ApiError::Engine(_) | ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl From<aegis_core::Error> for ApiError {
+    fn from(err: aegis_core::Error) -> ApiError {
+        match err {
+            aegis_core::Error::UnknownWorkflow(key) => {
+                ApiError::NotFound { what: "workflow", id: key }
+            }
+            aegis_core::Error::UnknownRun(id) => ApiError::NotFound { what: "run", id },
+            aegis_core::Error::QueueFull { limit } => ApiError::QueueFull(format!(
+                "the run queue is full ({limit} runs waiting); retry later"
+            )),
+            aegis_core::Error::History(err) => ApiError::History(err),
+            other => ApiError::Engine(other),
         }
     }
 }

@@ -111,6 +111,39 @@ pub fn app(
                 .service(
                     resource("/api/portfolio").route(web::get().to(routes::portfolio::portfolio)),
                 )
+                .service(resource("/api/services").route(web::get().to(routes::services::list)))
+                .service(
+                    resource("/api/services/{key}/health")
+                        .route(web::get().to(routes::services::health)),
+                )
+                .service(
+                    resource("/api/workflows/{key}/run")
+                        .route(web::post().to(routes::control::start)),
+                )
+                .service(
+                    resource("/api/runs/{id}/cancel")
+                        .route(web::post().to(routes::control::cancel)),
+                )
+                .service(
+                    resource("/api/runs/{id}/events").route(web::get().to(routes::events::poll)),
+                )
+                .service(
+                    resource("/api/runs/{id}/events/stream")
+                        .route(web::get().to(routes::events::run_stream)),
+                )
+                .service(
+                    resource("/api/runs/{id}/artifacts")
+                        .route(web::get().to(routes::artifacts::list)),
+                )
+                .service(
+                    resource("/api/runs/{id}/artifacts/{name}")
+                        .route(web::get().to(routes::artifacts::download)),
+                )
+                .service(resource("/api/events").route(web::get().to(routes::events::recent)))
+                .service(
+                    resource("/api/events/stream")
+                        .route(web::get().to(routes::events::global_stream)),
+                )
                 .default_service(web::to(no_route)),
         )
         .default_service(web::to(no_route))

@@ -89,7 +89,15 @@ pub(crate) async fn status(req: HttpRequest, state: web::Data<AppState>) -> Resu
         latency_ms: started.elapsed().as_secs_f64() * 1000.0,
         error: ping.err().map(|e| e.to_string()),
     };
-    let dependencies = vec![history];
+    let mut dependencies = vec![history];
+    for service in state.engine().check_services().await {
+        dependencies.push(Dependency {
+            name: format!("service:{}", service.key),
+            status: service.status.as_str().to_owned(),
+            latency_ms: service.latency_ms as f64,
+            error: service.error,
+        });
+    }
     let all_healthy = dependencies.iter().all(|d| d.status == "healthy");
     Ok(HttpResponse::Ok().json(DependencyStatus {
         status: if all_healthy { "ok" } else { "degraded" },

@@ -20,14 +20,20 @@ pub(crate) struct Fixture {
 }
 
 pub(crate) async fn fixture(extra_yaml: &str) -> Fixture {
+    fixture_with(&format!("{extra_yaml}\n{SERVICES}")).await
+}
+
+/// A fixture over exactly this configuration (`data_dir` goes to the temp folder).
+pub(crate) async fn fixture_with(yaml: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(".aegis.yaml");
-    std::fs::write(&path, format!("{extra_yaml}\n{SERVICES}")).unwrap();
+    std::fs::write(&path, yaml).unwrap();
     let config = aegis_config::LoadOptions::new().env(|_| None).path(Some(path)).load().unwrap();
     let db_path = dir.path().join("history.db");
     let history: Arc<dyn HistoryBackend> =
         Arc::new(SqliteHistory::open(&db_path, HistoryOptions::default()).await.unwrap());
-    let state = web::Data::new(AppState::new(Arc::new(config), history.clone()));
+    let engine = aegis_core::Engine::builder(config, history.clone()).build().unwrap();
+    let state = web::Data::new(AppState::new(engine));
     Fixture { _dir: dir, history, state, db_path }
 }
 

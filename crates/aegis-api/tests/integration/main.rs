@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "test helpers fail loudly on broken fixtures")]
 
 mod common;
+mod control;
 mod errors;
 mod health;
 mod runs;
