@@ -233,3 +233,15 @@ workflows:\n  w:\n    steps:\n      - {{ type: http, service: s, path: /work }}
     // Rejected runs are not recorded.
     assert_eq!(env.history.recent(100).await.expect("recent").len(), 3);
 }
+
+#[tokio::test]
+async fn a_command_that_outlives_its_timeout_fails_with_the_limit() {
+    let env = env(
+        "workflows:\n  w:\n    steps:\n      - { id: sleepy, type: command, argv: [sleep, '30'], timeout: 0.3 }\n",
+    );
+    let clock = Instant::now();
+    let run = env.run("w").await;
+    assert!(clock.elapsed() < Duration::from_secs(30), "the program was not waited for");
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.steps[0].error.as_deref(), Some("timed out after 300ms"));
+}

@@ -108,3 +108,27 @@ fn the_event_schemas_in_docs_match_the_rust_types() {
         "event schemas drifted; rerun with AEGIS_BLESS=1 and commit: {stale:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_lags_and_never_blocks_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = crate::common::load(
+        dir.path(),
+        "data_dir: ./data\nworkflows:\n  w:\n    steps:\n      - { type: report }\n      - { id: again, type: report }\n",
+    );
+    let history: std::sync::Arc<dyn aegis_history::HistoryBackend> =
+        std::sync::Arc::new(aegis_history::InMemoryHistory::default());
+    let engine =
+        aegis_core::Engine::builder(config, history).bus_capacity(4).build().expect("engine");
+    let mut stuck = engine.subscribe();
+    for _ in 0..20 {
+        let run = engine.run("w", RunOptions::new(Trigger::Api)).await.expect("run");
+        assert!(run.succeeded());
+    }
+    match stuck.recv().await {
+        Some(Received::Lagged(missed)) => assert!(missed > 100, "missed {missed}"),
+        other => panic!("expected a lag notice, got {other:?}"),
+    }
+    // After the notice the subscriber continues with the events still buffered.
+    assert!(matches!(stuck.recv().await, Some(Received::Event(_))));
+}

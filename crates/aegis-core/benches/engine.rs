@@ -1,0 +1,216 @@
+//! Engine benchmark: the `full_pipeline` shape (discover, test, submit_bugs,
+//! verify, report) against a local mock service that answers at once, with
+//! SQLite history in a file.
+//!
+//! * throughput: runs finished per second with 32 runs executing at once;
+//! * overhead: at 1 run at a time, the engine's own cost per run (its wall
+//!   time minus the time the same 4 HTTP calls take when made directly),
+//!   relative to the cost of those calls.
+//!
+//! Run with `cargo bench -p aegis-core --bench engine`; prints medians over
+//! several rounds.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aegis_core::testing::{MockService, Route};
+use aegis_core::{Engine, RunOptions};
+use aegis_history::{HistoryBackend, HistoryOptions, ListQuery, RunStatus, SqliteHistory, Trigger};
+use serde_json::json;
+
+const ROUNDS: usize = 5;
+const RUNS_PER_ROUND: usize = 2000;
+const SEQUENTIAL_RUNS: usize = 200;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+async fn setup(
+    concurrency: usize,
+) -> (MockService, Engine, Arc<dyn HistoryBackend>, tempfile::TempDir) {
+    let mock = MockService::start().await.expect("mock");
+    mock.route("GET", "/api/routes", Route::ok(json!({ "routes": ["/a", "/b"] })));
+    mock.route(
+        "POST",
+        "/api/runs",
+        Route::ok(json!({ "total": 2, "failures": [{ "name": "t" }] })),
+    );
+    mock.route("POST", "/api/v1/reports", Route::ok(json!({ "filed": 1 })));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "data_dir: ./data
+server: {{ max_concurrent_runs: {concurrency}, max_queued_runs: 100000 }}
+services:
+  qa: {{ url: '{url}' }}
+  bugs: {{ url: '{url}' }}
+workflows:
+  full_pipeline:
+    steps:
+      - {{ type: discover, service: qa }}
+      - {{ type: test, service: qa }}
+      - {{ type: submit_bugs, service: bugs, condition: has_failures }}
+      - {{ type: verify, service: qa, condition: has_failures }}
+      - {{ type: report, condition: always }}
+",
+        url = mock.url()
+    );
+    std::fs::write(dir.path().join(".aegis.yaml"), yaml).expect("config");
+    let config = aegis_config::LoadOptions::new().cwd(dir.path()).load().expect("config");
+    let history: Arc<dyn HistoryBackend> = Arc::new(
+        SqliteHistory::open(&dir.path().join("history.db"), HistoryOptions::default())
+            .await
+            .expect("sqlite"),
+    );
+    let engine = Engine::builder(config, Arc::clone(&history)).build().expect("engine");
+    (mock, engine, history, dir)
+}
+
+async fn stored_succeeded(history: &Arc<dyn HistoryBackend>) -> usize {
+    let mut count = 0;
+    let mut cursor = None;
+    loop {
+        let page = history
+            .list_runs(&ListQuery {
+                workflow: None,
+                status: Some(RunStatus::Succeeded),
+                limit: 1000,
+                cursor,
+            })
+            .await
+            .expect("list");
+        count += page.runs.len();
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return count,
+        }
+    }
+}
+
+async fn throughput() {
+    let (_mock, engine, history, _dir) = setup(32).await;
+    let mut rates = Vec::new();
+    let mut total = 0;
+    for round in 0..ROUNDS {
+        let clock = Instant::now();
+        let mut handles = Vec::with_capacity(RUNS_PER_ROUND);
+        for _ in 0..RUNS_PER_ROUND {
+            handles.push(
+                engine
+                    .submit("full_pipeline", RunOptions::new(Trigger::Api))
+                    .await
+                    .expect("submit"),
+            );
+        }
+        for handle in handles {
+            let summary = handle.wait().await.expect("wait");
+            assert_eq!(summary.status, RunStatus::Succeeded, "{summary:?}");
+        }
+        let rate = RUNS_PER_ROUND as f64 / clock.elapsed().as_secs_f64();
+        total += RUNS_PER_ROUND;
+        println!("throughput round {round}: {rate:.0} runs/s");
+        rates.push(rate);
+    }
+    let stored = stored_succeeded(&history).await;
+    assert_eq!(stored, total, "every run is stored");
+    println!(
+        "full_pipeline, 32 concurrent, SQLite file: median {:.0} finished runs/s ({stored} runs stored)",
+        median(rates)
+    );
+}
+
+async fn overhead() {
+    let (mock, engine, _history, _dir) = setup(1).await;
+    let client = engine.client().clone();
+    let url = mock.url();
+    let direct = || async {
+        let clock = Instant::now();
+        client
+            .get(format!("{url}/api/routes"))
+            .send()
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        client
+            .post(format!("{url}/api/runs"))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("post")
+            .bytes()
+            .await
+            .expect("body");
+        client
+            .post(format!("{url}/api/v1/reports"))
+            .json(&json!({ "failures": [{ "name": "t" }] }))
+            .send()
+            .await
+            .expect("post")
+            .bytes()
+            .await
+            .expect("body");
+        client
+            .post(format!("{url}/api/runs"))
+            .json(&json!({ "verify_only": true }))
+            .send()
+            .await
+            .expect("post")
+            .bytes()
+            .await
+            .expect("body");
+        clock.elapsed()
+    };
+    let mut ratios = Vec::new();
+    let mut engine_medians = Vec::new();
+    let mut call_medians = Vec::new();
+    for round in 0..ROUNDS {
+        let mut calls = Vec::with_capacity(SEQUENTIAL_RUNS);
+        let mut runs = Vec::with_capacity(SEQUENTIAL_RUNS);
+        for _ in 0..SEQUENTIAL_RUNS {
+            calls.push(direct().await.as_secs_f64());
+            let clock = Instant::now();
+            let summary =
+                engine.run("full_pipeline", RunOptions::new(Trigger::Api)).await.expect("run");
+            runs.push(clock.elapsed().as_secs_f64());
+            assert!(summary.succeeded());
+        }
+        let (run, call) = (median(runs), median(calls));
+        let ratio = (run - call) / call;
+        println!(
+            "overhead round {round}: run {:.3} ms, 4 calls {:.3} ms, engine cost {:.0}% of the calls",
+            run * 1e3,
+            call * 1e3,
+            ratio * 100.0
+        );
+        ratios.push(ratio);
+        engine_medians.push(run);
+        call_medians.push(call);
+    }
+    println!(
+        "full_pipeline, 1 run at a time: median run {:.3} ms, median 4 direct calls {:.3} ms, engine cost median {:.0}% of the calls",
+        median(engine_medians) * 1e3,
+        median(call_medians) * 1e3,
+        median(ratios) * 100.0
+    );
+}
+
+fn main() {
+    // `cargo test --benches` passes `--bench`-less args; run a smoke round only then.
+    let quick = std::env::args().any(|a| a == "--test");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    if quick {
+        runtime.block_on(async {
+            let (_mock, engine, _history, _dir) = setup(4).await;
+            let summary =
+                engine.run("full_pipeline", RunOptions::new(Trigger::Api)).await.expect("run");
+            assert!(summary.succeeded());
+        });
+        return;
+    }
+    runtime.block_on(throughput());
+    runtime.block_on(overhead());
+}
