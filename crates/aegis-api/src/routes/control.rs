@@ -80,7 +80,7 @@ pub(crate) async fn start(
     if let Some(id) = request_id(&req) {
         options = options.request_id(id);
     }
-    let handle = state.engine().submit(&key, options).await?;
+    let handle = state.submit(&key, options).await?;
     let run_id = handle.id().to_string();
     if !wait {
         let links = RunLinks {
