@@ -67,7 +67,7 @@
 //!   attempt `n + 1` is `retry_delay * 2^(n-1)`, capped at [`MAX_RETRY_DELAY`].
 //!   Every attempt is recorded. Each attempt is limited by the step's `timeout`
 //!   ("timed out after 60s", distinct from "connection refused" and
-//!   "HTTP 500: <body>").
+//!   "HTTP 500: `<body>`").
 //! * **Parallel batches.** Consecutive `parallel: true` steps run together;
 //!   a gate always runs alone.
 //! * **Runs.** A run succeeds when every step succeeded or was skipped. Ids are
