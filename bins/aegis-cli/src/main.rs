@@ -1,13 +1,17 @@
 //! The `aegis-cli` command: parse flags, run the subcommand, map the outcome to an exit
 //! code.
 
+mod client;
 mod commands;
 mod style;
+mod wire;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::client::{ClientError, Server, ServerUrl};
 
 /// Aegis QA control plane: validate configuration, run workflows, talk to a server.
 #[derive(Debug, Parser)]
@@ -17,6 +21,16 @@ struct Cli {
     /// walking up from the working directory).
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+
+    /// Talk to this Aegis server over HTTP instead of working in-process
+    /// (e.g. http://127.0.0.1:8000).
+    #[arg(long, global = true, env = "AEGIS_SERVER", value_name = "URL",
+          value_parser = client::parse_server_arg)]
+    server: Option<ServerUrl>,
+
+    /// API key sent to the server as X-API-Key.
+    #[arg(long, global = true, env = "AEGIS_API_KEY", value_name = "KEY", hide_env_values = true)]
+    api_key: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -29,10 +43,18 @@ enum Command {
     Config(commands::config::ConfigCommand),
     /// Print a shell completion script.
     Completions(commands::completions::CompletionsArgs),
-    /// Run a workflow in-process, printing a line per step (exit 0 succeeded, 1 failed).
+    /// Run a workflow, printing a line per step (exit 0 succeeded, 1 failed).
     Run(commands::run::RunArgs),
     /// Print the health of every configured service (exit 1 unless all are healthy).
     Status(commands::status::StatusArgs),
+    /// List recent runs, newest first.
+    History(commands::history::HistoryArgs),
+    /// Inspect runs.
+    #[command(subcommand)]
+    Runs(commands::runs::RunsCommand),
+    /// Follow a server's events (needs --server).
+    #[command(subcommand)]
+    Events(commands::events::EventsCommand),
 }
 
 /// How a command ended, as the exit code scripts read.
@@ -47,11 +69,22 @@ pub(crate) enum Outcome {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let styles = style::Styles::detect();
+    let ctx = commands::Context {
+        config: cli.config,
+        server: cli
+            .server
+            .and_then(|server| server.0)
+            .map(|url| Server { url, api_key: cli.api_key.filter(|key| !key.is_empty()) }),
+        styles,
+    };
     let result = match cli.command {
-        Command::Config(cmd) => commands::config::run(cmd, cli.config, styles),
+        Command::Config(cmd) => commands::config::run(cmd, ctx.config, styles),
         Command::Completions(args) => commands::completions::run(&args),
-        Command::Run(args) => commands::run::run(args, cli.config, styles),
-        Command::Status(args) => commands::status::run(&args, cli.config, styles),
+        Command::Run(args) => commands::run::run(args, &ctx),
+        Command::Status(args) => commands::status::run(&args, &ctx),
+        Command::History(args) => commands::history::run(&args, &ctx),
+        Command::Runs(cmd) => commands::runs::run(cmd, &ctx),
+        Command::Events(cmd) => commands::events::run(cmd, &ctx),
     };
     exit_code(result, styles)
 }
@@ -65,6 +98,9 @@ fn exit_code(result: anyhow::Result<Outcome>, styles: style::Styles) -> ExitCode
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{}: {err:#}", styles.error("error"));
+            if let Some(hint) = err.downcast_ref::<ClientError>().and_then(ClientError::auth_hint) {
+                eprintln!("hint: {hint}");
+            }
             match err.downcast_ref::<commands::UsageError>() {
                 Some(_) => ExitCode::from(2),
                 None => ExitCode::from(1),

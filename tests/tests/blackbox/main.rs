@@ -3,3 +3,4 @@
 #![allow(clippy::unwrap_used, reason = "test helpers fail loudly on broken fixtures")]
 
 mod cli_config;
+mod cli_server;

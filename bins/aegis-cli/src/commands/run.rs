@@ -1,34 +1,44 @@
-//! `aegis-cli run NAME`: runs a workflow in-process with live step progress.
+//! `aegis-cli run NAME`: runs a workflow in-process, or on a server with `--server`,
+//! with live step progress.
 
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use aegis_config::{Config, LoadOptions};
+use aegis_config::Config;
 use aegis_core::{Engine, Event, Received, RunOptions, RunSummary};
 use aegis_history::{HistoryBackend, HistoryOptions, RunStatus, SqliteHistory, Trigger};
-use anyhow::Context;
+use anyhow::Context as _;
 use clap::Args;
 
-use super::UsageError;
+use super::{Context, UsageError, print_json, runtime};
 use crate::Outcome;
+use crate::client::{Client, Flow, Resume};
 use crate::style::Styles;
+use crate::wire::{Accepted, RunWithSteps};
+
+/// Event types after which a run emits nothing more.
+pub(crate) const TERMINAL_EVENTS: [&str; 3] =
+    ["workflow.completed", "run.cancelled", "run.interrupted"];
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// The workflow to run (a key under `workflows:`).
     #[arg(value_name = "NAME")]
     name: String,
+    /// With --server: follow the run's events until it ends or waits at a gate (without
+    /// it, print the run id and exit). In-process runs always wait.
+    #[arg(long)]
+    wait: bool,
     /// Print the finished run as JSON instead of a line per step.
     #[arg(long)]
     json: bool,
 }
 
-pub(crate) fn run(
-    args: RunArgs,
-    config: Option<PathBuf>,
-    styles: Styles,
-) -> anyhow::Result<Outcome> {
-    let config = LoadOptions::new().path(config).load().context("cannot load the configuration")?;
+pub(crate) fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<Outcome> {
+    if let Some(client) = ctx.client()? {
+        return runtime()?.block_on(remote(&client, &args, ctx.styles));
+    }
+    let config = ctx.load_config()?;
     if !config.workflows().contains_key(&args.name) {
         let known: Vec<&str> = config.workflows().keys().map(String::as_str).collect();
         return Err(UsageError(format!(
@@ -38,24 +48,31 @@ pub(crate) fn run(
         ))
         .into());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let summary = runtime.block_on(execute(config, &args, styles))?;
+    let styles = ctx.styles;
+    let summary = runtime()?.block_on(execute(config, &args, styles))?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&*summary).context("cannot render the run as JSON")?
-        );
+        print_json(&*summary).context("cannot render the run as JSON")?;
     } else {
-        print_summary(&summary, styles);
+        let line = summary_line(
+            &summary.run_id,
+            summary.status,
+            summary.duration_ms,
+            summary.error.as_deref(),
+            summary.waiting_at.as_deref(),
+            styles,
+        );
+        println!("{line}");
     }
-    Ok(match summary.status {
+    Ok(outcome(summary.status))
+}
+
+/// Exit 0 when the run succeeded or waits at a gate, 1 when it failed, was rejected,
+/// cancelled or interrupted.
+fn outcome(status: RunStatus) -> Outcome {
+    match status {
         RunStatus::Succeeded | RunStatus::Waiting => Outcome::Success,
         _ => Outcome::Failure,
-    })
+    }
 }
 
 /// Opens the configured history store (SQLite, or in memory for `:memory:`).
@@ -108,28 +125,34 @@ async fn execute(
 }
 
 fn print_event(event: &Event, styles: Styles) {
+    if let Some(line) = event_line(event, styles) {
+        println!("{line}");
+    }
+}
+
+/// The progress line of a step event (`  ✓ fetch (12 ms)`), or `None` for events that
+/// have none. In-process and remote runs print the same lines.
+pub(crate) fn event_line(event: &Event, styles: Styles) -> Option<String> {
     let data = &event.data;
     let text = |key: &str| data.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
     let number = |key: &str| data.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
-    match event.event_type.as_str() {
+    let line = match event.event_type.as_str() {
         "step.completed" => {
             let id = text("step_id");
             let ms = number("duration_ms");
             if data.get("success").and_then(serde_json::Value::as_bool).unwrap_or(false) {
-                println!("  {} {id} ({ms} ms)", styles.green("✓"));
+                format!("  {} {id} ({ms} ms)", styles.green("✓"))
             } else {
-                println!("  {} {id} ({ms} ms): {}", styles.red("✗"), text("error"));
+                format!("  {} {id} ({ms} ms): {}", styles.red("✗"), text("error"))
             }
         }
-        "step.skipped" => {
-            println!(
-                "  {} {} skipped (condition {})",
-                styles.yellow("-"),
-                text("step_id"),
-                text("condition")
-            );
-        }
-        "step.retrying" => println!(
+        "step.skipped" => format!(
+            "  {} {} skipped (condition {})",
+            styles.yellow("-"),
+            text("step_id"),
+            text("condition")
+        ),
+        "step.retrying" => format!(
             "  {} {} attempt {} failed: {}; retrying in {} ms",
             styles.yellow("↻"),
             text("step_id"),
@@ -138,33 +161,134 @@ fn print_event(event: &Event, styles: Styles) {
             number("delay_ms")
         ),
         "failure.detected" => {
-            println!("    {} test failures in {}", number("count"), text("step_id"));
+            format!("    {} test failures in {}", number("count"), text("step_id"))
         }
         "gate.waiting" => {
-            println!("  {} {} waits for a decision", styles.yellow("⏸"), text("gate_id"))
+            format!("  {} {} waits for a decision", styles.yellow("⏸"), text("gate_id"))
         }
-        _ => {}
+        _ => return None,
+    };
+    Some(line)
+}
+
+/// The last line of a run: `run ID succeeded in 12 ms`, `run ID failed in 5 ms: why`,
+/// `run ID waiting at gate review`.
+pub(crate) fn summary_line(
+    run_id: &str,
+    status: RunStatus,
+    duration_ms: u64,
+    error: Option<&str>,
+    waiting_at: Option<&str>,
+    styles: Styles,
+) -> String {
+    let painted = styles.run_status(status.as_str(), status.as_str());
+    match (waiting_at, error) {
+        (Some(gate), _) => format!("run {run_id} {painted} at gate {gate}"),
+        (None, Some(error)) if status != RunStatus::Succeeded => {
+            format!("run {run_id} {painted} in {duration_ms} ms: {error}")
+        }
+        _ => format!("run {run_id} {painted} in {duration_ms} ms"),
     }
 }
 
-fn print_summary(summary: &RunSummary, styles: Styles) {
-    let status = summary.status.as_str();
-    let status = match summary.status {
-        RunStatus::Succeeded => styles.green(status),
-        RunStatus::Waiting => styles.yellow(status),
-        _ => styles.red(status),
-    };
-    match (&summary.waiting_at, &summary.error) {
-        (Some(gate), _) => println!("run {} {status} at gate {gate}", summary.run_id),
-        (None, Some(error)) if summary.status != RunStatus::Succeeded => {
-            println!("run {} {status} in {} ms: {error}", summary.run_id, summary.duration_ms);
+/// Starts the run on the server; with `--wait`, follows its event stream and reports
+/// how it ended.
+async fn remote(client: &Client, args: &RunArgs, styles: Styles) -> anyhow::Result<Outcome> {
+    let accepted: Accepted =
+        client.post_json(client.url(&["api", "workflows", &args.name, "run"], &[])).await?;
+    let run_id = accepted.run_id.clone();
+    if !args.wait {
+        if args.json {
+            print_json(&accepted)?;
+        } else {
+            println!("{run_id}");
         }
-        _ => println!("run {} {status} in {} ms", summary.run_id, summary.duration_ms),
+        return Ok(Outcome::Success);
+    }
+    if !args.json {
+        println!("{} {} ({run_id})", styles.bold("running"), args.name);
+    }
+    let stream = client.url(&["api", "runs", &run_id, "events", "stream"], &[]);
+    let mut last_seq = 0u64;
+    let mut paused = false;
+    client
+        .follow(stream, Resume::LastEventId, |frame| {
+            let event: Event = match serde_json::from_str(&frame.data) {
+                Ok(event) => event,
+                Err(err) => {
+                    eprintln!("warning: skipping an event that does not parse: {err}");
+                    return Ok(Flow::Continue);
+                }
+            };
+            // The server never repeats an event after a resume; this guards anyway.
+            if event.seq <= last_seq {
+                return Ok(Flow::Continue);
+            }
+            last_seq = event.seq;
+            if !args.json {
+                print_event(&event, styles);
+            }
+            if event.event_type == "gate.waiting" {
+                paused = true;
+                return Ok(Flow::Stop);
+            }
+            Ok(if TERMINAL_EVENTS.contains(&event.event_type.as_str()) {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            })
+        })
+        .await?;
+    let (body, run) = final_run(client, &run_id, paused).await?;
+    let status = run.run.status.parse::<RunStatus>().with_context(|| {
+        format!("the server reported run {run_id} with an unknown status {:?}", run.run.status)
+    })?;
+    if args.json {
+        print_json(&body)?;
+    } else {
+        let waiting_at = run.pending_gates.first().map(|g| g.gate.as_str());
+        let line = summary_line(
+            &run_id,
+            status,
+            run.run.duration_ms.unwrap_or(0),
+            run.run.error.as_deref(),
+            waiting_at.filter(|_| status == RunStatus::Waiting),
+            styles,
+        );
+        println!("{line}");
+    }
+    Ok(outcome(status))
+}
+
+/// Fetches the run once its stream said it ended (or paused). The history store may
+/// lag the event by a moment, so an active status is asked again for a few seconds.
+async fn final_run(
+    client: &Client,
+    run_id: &str,
+    paused: bool,
+) -> anyhow::Result<(serde_json::Value, RunWithSteps)> {
+    let url = client.url(&["api", "runs", run_id], &[]);
+    let mut tries = 0;
+    loop {
+        let body: serde_json::Value = client.get_json(url.clone()).await?;
+        let run: RunWithSteps = serde_json::from_value(body.clone())
+            .with_context(|| format!("unexpected answer from {url}"))?;
+        let settled = match run.run.status.as_str() {
+            "queued" | "running" => false,
+            "waiting" => paused,
+            _ => true,
+        };
+        tries += 1;
+        if settled || tries >= 50 {
+            return Ok((body, run));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use aegis_config::LoadOptions;
     use aegis_core::testing::{MockService, Route};
     use serde_json::json;
 
@@ -183,7 +307,7 @@ mod tests {
             );
             std::fs::write(dir.path().join(".aegis.yaml"), yaml).expect("write");
             let config = LoadOptions::new().cwd(dir.path()).load().expect("config");
-            let args = RunArgs { name: "w".into(), json: true };
+            let args = RunArgs { name: "w".into(), wait: false, json: true };
             let summary = execute(config, &args, Styles::detect()).await.expect("run");
             assert_eq!(summary.status, RunStatus::Succeeded);
             let history = SqliteHistory::open(&dir.path().join("h.db"), HistoryOptions::default())
