@@ -27,8 +27,8 @@ const CONCURRENCY: u64 = 200;
 /// Steps per run.
 const STEPS: u32 = 5;
 /// Size of the query database.
-const BIG: i64 = 1_000_000;
-const WORKFLOWS: i64 = 20;
+const BIG: u64 = 1_000_000;
+const WORKFLOWS: u64 = 20;
 
 type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>;
 type Query = Box<dyn Fn(Arc<dyn HistoryBackend>) -> BoxFuture>;
@@ -169,37 +169,7 @@ fn big_db(rt: &Runtime) -> PathBuf {
     let building = path.with_extension("building");
     let _ = std::fs::remove_file(&building);
     let start = Instant::now();
-    // Let the backend create the schema, then bulk-load in one transaction.
-    drop(rt.block_on(SqliteHistory::open(&building, HistoryOptions::default())).unwrap());
-    let mut conn = rusqlite::Connection::open(&building).unwrap();
-    conn.pragma_update(None, "synchronous", "OFF").unwrap();
-    let tx = conn.transaction().unwrap();
-    {
-        let mut insert = tx
-            .prepare(
-                "INSERT INTO runs (id, workflow, status, trigger, request_id, created_at, \
-                 started_at, completed_at, duration_ms, error) \
-                 VALUES (?1, ?2, ?3, 'api', NULL, ?4, ?4, ?5, 1000, NULL)",
-            )
-            .unwrap();
-        let origin: i64 = 1_700_000_000_000_000_000;
-        for i in 0..BIG {
-            let created = origin + i * 1_000_000_000;
-            let status = if i % 10 == 0 { "failed" } else { "succeeded" };
-            insert
-                .execute(rusqlite::params![
-                    format!("run-{i:09}"),
-                    format!("wf-{:02}", i % WORKFLOWS),
-                    status,
-                    created,
-                    created + 1_000_000_000,
-                ])
-                .unwrap();
-        }
-    }
-    tx.commit().unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;").unwrap();
-    drop(conn);
+    rt.block_on(aegis_history::seed::bulk_seed(&building, BIG, WORKFLOWS)).unwrap();
     std::fs::rename(&building, &path).unwrap();
     eprintln!("built {BIG}-run database in {:.1?}", start.elapsed());
     path

@@ -31,6 +31,8 @@ mod error;
 mod memory;
 mod model;
 mod options;
+#[cfg(feature = "test-support")]
+pub mod seed;
 mod sqlite;
 
 pub use backend::{HistoryBackend, UnfinishedRuns};
