@@ -177,6 +177,9 @@ async fn overhead() {
             runs.push(clock.elapsed().as_secs_f64());
             assert!(summary.succeeded());
         }
+        if std::env::var_os("AEGIS_BENCH_TRACE").is_some() {
+            trace_last_run(&engine).await;
+        }
         let (run, call) = (median(runs), median(calls));
         let ratio = (run - call) / call;
         println!(
@@ -197,6 +200,22 @@ async fn overhead() {
     );
 }
 
+/// Prints the time between consecutive events of the most recent run
+/// (`AEGIS_BENCH_TRACE=1`), to see where a run's time goes.
+async fn trace_last_run(engine: &Engine) {
+    let Some(run) = engine.history().recent(1).await.expect("recent").pop() else { return };
+    let path = engine.run_dir(&run.id).join("events.jsonl");
+    let text = std::fs::read_to_string(path).expect("events");
+    let mut last: Option<jiff::Timestamp> = None;
+    for line in text.lines() {
+        let event: aegis_core::Event = serde_json::from_str(line).expect("event");
+        let gap = last.map_or(0, |l| event.time.duration_since(l).as_micros());
+        let step = event.data.get("step_id").map(ToString::to_string).unwrap_or_default();
+        println!("  +{gap:>6} us {} {step}", event.event_type);
+        last = Some(event.time);
+    }
+}
+
 fn main() {
     // `cargo test --benches` passes `--bench`-less args; run a smoke round only then.
     let quick = std::env::args().any(|a| a == "--test");
@@ -211,6 +230,8 @@ fn main() {
         });
         return;
     }
-    runtime.block_on(throughput());
+    if std::env::var_os("AEGIS_BENCH_SKIP_THROUGHPUT").is_none() {
+        runtime.block_on(throughput());
+    }
     runtime.block_on(overhead());
 }

@@ -20,6 +20,7 @@ use crate::event::{
     WorkflowCompleted,
 };
 use crate::health::{ServiceHealth, check_services};
+use crate::recorder::Recorder;
 use crate::run::{RunExec, RunSummary, counts, millis};
 use crate::step::{Step, StepRegistry};
 
@@ -155,6 +156,13 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) fn run_dir(&self, run_id: &RunId) -> PathBuf {
         self.runs_dir.join(run_id.as_str())
+    }
+
+    /// Forgets a run that reached a final status or paused at a gate, so that
+    /// [`Engine::cancel`] no longer finds it; called before the event that
+    /// announces it.
+    pub(crate) fn settled(&self, run_id: &RunId) {
+        self.active().remove(run_id);
     }
 
     fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, CancellationToken>> {
@@ -533,6 +541,7 @@ async fn drive(
         }
     };
     let exec = RunExec {
+        recorder: Recorder::spawn(Arc::clone(&inner.history), run_id.clone()),
         inner: Arc::clone(&inner),
         run_id,
         workflow,
@@ -561,6 +570,7 @@ async fn end_unstarted(
         error: Some(reason.to_owned()),
     };
     inner.history.update_run(run_id, &update).await?;
+    inner.settled(run_id);
     if status == RunStatus::Cancelled {
         events.emit(EventData::RunCancelled(RunCancelled { step_id: None }));
     } else {

@@ -86,7 +86,12 @@
 //!   run's folder; `command` adds `<step_id>.stdout.txt` and `.stderr.txt`.
 //! * **Recovery.** [`Engine::recover`] marks runs left `running` as
 //!   `interrupted`, restarts runs left `queued`, and leaves `waiting` runs.
-//! * A failed history write is logged and the run goes on.
+//! * **History** is written behind the run by a per-run task that coalesces
+//!   writes (the latest state of each record wins) and applies them in
+//!   batches; the engine waits for it before it reports a run finished or
+//!   waiting, so a returned [`RunSummary`] and a `workflow.completed` or
+//!   `gate.waiting` event are always already in history. A failed history
+//!   write is logged and the run goes on.
 
 #![warn(missing_docs)]
 
@@ -95,6 +100,7 @@ mod error;
 mod event;
 mod health;
 mod http;
+mod recorder;
 mod run;
 mod step;
 mod steps;

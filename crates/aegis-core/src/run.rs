@@ -21,6 +21,7 @@ use crate::event::{
     WorkflowStarted,
 };
 use crate::http::describe_timeout;
+use crate::recorder::{Recorder, Write};
 use crate::step::{AttemptOutcome, StepContext, StepError, StepOutcome};
 
 /// The longest wait between two attempts of a step.
@@ -109,6 +110,7 @@ pub(crate) struct RunExec {
     pub(crate) events: Arc<RunEvents>,
     pub(crate) cancel: CancellationToken,
     pub(crate) outcomes: IndexMap<String, StepOutcome>,
+    pub(crate) recorder: Recorder,
 }
 
 impl RunExec {
@@ -118,11 +120,7 @@ impl RunExec {
         let clock = Instant::now();
         let update =
             RunUpdate { started_at: Some(started_at), ..RunUpdate::status(RunStatus::Running) };
-        self.history_write(
-            "mark the run running",
-            self.inner.history.update_run(&self.run_id, &update),
-        )
-        .await;
+        self.recorder.record(Write::Run(update));
         if start == 0 {
             self.events.emit(EventData::WorkflowStarted(WorkflowStarted {
                 name: self.workflow.name().to_owned(),
@@ -194,8 +192,7 @@ impl RunExec {
         started_at: jiff::Timestamp,
         clock: Instant,
     ) -> RunSummary {
-        let (status, error) = if let Some(step_id) = &cancelled_at {
-            self.events.emit(EventData::RunCancelled(RunCancelled { step_id: step_id.clone() }));
+        let (status, error) = if cancelled_at.is_some() {
             (RunStatus::Cancelled, Some("cancelled".to_owned()))
         } else if let Some(failed) = self.outcomes.values().find(|o| !o.success) {
             let error = format!(
@@ -216,11 +213,14 @@ impl RunExec {
             duration_ms: Some(duration_ms),
             error: error.clone(),
         };
-        self.history_write(
-            "record the run's end",
-            self.inner.history.update_run(&self.run_id, &update),
-        )
-        .await;
+        self.recorder.record(Write::Run(update));
+        // The run is in history, and no longer cancellable, before anyone
+        // hears that it finished.
+        self.recorder.flush().await;
+        self.inner.settled(&self.run_id);
+        if let Some(step_id) = cancelled_at {
+            self.events.emit(EventData::RunCancelled(RunCancelled { step_id }));
+        }
         let summary = counts(self.workflow.steps().len(), &self.outcomes);
         self.events.emit(EventData::WorkflowCompleted(WorkflowCompleted {
             status: status.as_str().to_owned(),
@@ -270,11 +270,7 @@ impl RunExec {
             data: None,
             attempts: Vec::new(),
         };
-        self.history_write(
-            "record the gate step",
-            self.inner.history.record_step(&self.run_id, &record),
-        )
-        .await;
+        self.recorder.record(Write::Step(record.clone()));
         let pending = PendingGate {
             run_id: self.run_id.clone(),
             gate_id: step.id().to_owned(),
@@ -284,19 +280,13 @@ impl RunExec {
             since,
             deadline,
         };
-        self.history_write(
-            "record the pending gate",
-            self.inner.history.add_pending_gate(&pending),
-        )
-        .await;
+        self.recorder.record(Write::Gate(pending.clone()));
         let duration_ms = millis(clock.elapsed());
         let update =
             RunUpdate { duration_ms: Some(duration_ms), ..RunUpdate::status(RunStatus::Waiting) };
-        self.history_write(
-            "mark the run waiting",
-            self.inner.history.update_run(&self.run_id, &update),
-        )
-        .await;
+        self.recorder.record(Write::Run(update));
+        self.recorder.flush().await;
+        self.inner.settled(&self.run_id);
         self.events.emit(EventData::GateWaiting(GateWaiting {
             gate_id: step.id().to_owned(),
             index: index as u32,
@@ -334,11 +324,7 @@ impl RunExec {
             data: None,
             attempts: Vec::new(),
         };
-        self.history_write(
-            "record a skipped step",
-            self.inner.history.record_step(&self.run_id, &record),
-        )
-        .await;
+        self.recorder.record(Write::Step(record.clone()));
         self.events.emit(EventData::StepSkipped(StepSkipped {
             step_id: step.id().to_owned(),
             step_type: step.type_name().to_owned(),
@@ -381,11 +367,7 @@ impl RunExec {
             data: None,
             attempts: Vec::new(),
         };
-        self.history_write(
-            "record a started step",
-            self.inner.history.record_step(&self.run_id, &record),
-        )
-        .await;
+        self.recorder.record(Write::Step(record.clone()));
         self.events.emit(EventData::StepStarted(StepStarted {
             step_id: step_id.clone(),
             step_type: step_type.clone(),
@@ -530,11 +512,7 @@ impl RunExec {
                 started_at: a.started_at,
             })
             .collect();
-        self.history_write(
-            "record a finished step",
-            self.inner.history.record_step(&self.run_id, &record),
-        )
-        .await;
+        self.recorder.record(Write::Step(record.clone()));
         Executed { outcome, cancelled }
     }
 
@@ -543,17 +521,6 @@ impl RunExec {
         let path = self.inner.run_dir(&self.run_id).join(format!("{step_id}.json"));
         tokio::fs::write(&path, &bytes).await?;
         Ok(bytes.len() as u64)
-    }
-
-    /// Awaits a history write; a failure is logged and the run goes on, so a
-    /// store hiccup does not turn into a lost run.
-    async fn history_write<F>(&self, what: &str, write: F)
-    where
-        F: Future<Output = aegis_history::Result<()>>,
-    {
-        if let Err(err) = write.await {
-            log::error!("run_id={}: cannot {what} in history: {err}", self.run_id);
-        }
     }
 }
 

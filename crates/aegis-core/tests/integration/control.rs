@@ -163,6 +163,7 @@ async fn cancelling_stops_the_current_step_promptly() {
     );
     let stored = env.history.get_run(&run_id).await.expect("history").expect("run");
     assert_eq!(stored.run.status, RunStatus::Cancelled);
+    assert!(!env.engine.cancel(&run_id), "a finished run is no longer cancellable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
