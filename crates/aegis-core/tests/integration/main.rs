@@ -3,5 +3,6 @@
 mod common;
 mod control;
 mod events;
+mod health;
 mod runs;
 mod steps;
