@@ -100,6 +100,9 @@ impl From<aegis_core::Error> for ApiError {
                 "the run queue is full ({limit} runs waiting); retry later"
             )),
             aegis_core::Error::History(err) => ApiError::History(err),
+            aegis_core::Error::ShuttingDown => {
+                ApiError::NotReady(aegis_core::Error::ShuttingDown.to_string())
+            }
             other => ApiError::Engine(other),
         }
     }

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aegis_config::Config;
 use aegis_history::{
@@ -45,6 +46,17 @@ impl RunOptions {
         self.request_id = Some(request_id.into());
         self
     }
+}
+
+/// What [`Engine::shutdown`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Shutdown {
+    /// Runs that finished within the grace period.
+    pub finished: usize,
+    /// Runs stopped after it: running ones are now `interrupted`, queued ones
+    /// stay `queued` for the next start.
+    pub stopped: Vec<RunId>,
 }
 
 /// What [`Engine::recover`] did with the runs a previous process left unfinished.
@@ -123,6 +135,8 @@ impl EngineBuilder {
             queued: AtomicUsize::new(0),
             workflow_limits,
             active: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+            interrupting: AtomicBool::new(false),
             history: self.history,
             registry: self.registry,
             client,
@@ -151,6 +165,11 @@ pub(crate) struct Inner {
     max_queued: usize,
     queued: AtomicUsize,
     active: Mutex<HashMap<RunId, CancellationToken>>,
+    /// Set by [`Engine::shutdown`]: no new runs are accepted.
+    closing: AtomicBool,
+    /// Set by [`Engine::shutdown`] once the grace period is over: a run stopped now
+    /// ends `interrupted` rather than `cancelled`, and a queued one stays queued.
+    pub(crate) interrupting: AtomicBool,
 }
 
 impl Inner {
@@ -282,6 +301,9 @@ impl Engine {
     /// Submits a run of a workflow. It starts at once if a slot is free, else
     /// waits in the queue; fails with [`Error::QueueFull`] when the queue is full.
     pub async fn submit(&self, workflow: &str, options: RunOptions) -> Result<RunHandle> {
+        if self.inner.closing.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
         if !self.inner.config.workflows().contains_key(workflow) {
             return Err(Error::UnknownWorkflow(workflow.to_owned()));
         }
@@ -326,6 +348,32 @@ impl Engine {
     /// How many runs wait for a slot right now.
     pub fn queued_runs(&self) -> usize {
         self.inner.queued.load(Ordering::Acquire)
+    }
+
+    /// Stops the engine for a process shutdown: refuses new runs, gives the runs in
+    /// progress up to `grace` to finish, then stops the rest, recording them
+    /// `interrupted` (with a `run.interrupted` event); runs still queued stay queued
+    /// in history so that [`Engine::recover`] runs them at the next start.
+    pub async fn shutdown(&self, grace: Duration) -> Result<Shutdown> {
+        self.inner.closing.store(true, Ordering::Release);
+        let before = self.inner.active().len();
+        let deadline = Instant::now() + grace;
+        while !self.inner.active().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let remaining: Vec<(RunId, CancellationToken)> =
+            self.inner.active().iter().map(|(id, token)| (id.clone(), token.clone())).collect();
+        self.inner.interrupting.store(true, Ordering::Release);
+        for (_, token) in &remaining {
+            token.cancel();
+        }
+        // Stopping abandons the current step at once; recording takes a moment.
+        let settle = Instant::now() + Duration::from_secs(10);
+        while !self.inner.active().is_empty() && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stopped: Vec<RunId> = remaining.into_iter().map(|(id, _)| id).collect();
+        Ok(Shutdown { finished: before.saturating_sub(stopped.len()), stopped })
     }
 
     /// Recovers the runs a previous process left unfinished. Call once at
@@ -527,6 +575,13 @@ async fn drive(
                     )
                     .await;
                     return unstarted(RunStatus::Cancelled, "engine closed");
+                }
+                None if inner.interrupting.load(Ordering::Acquire) => {
+                    // Shutting down: the run stays queued in history for the next start.
+                    return unstarted(
+                        RunStatus::Queued,
+                        "the server shut down before the run started",
+                    );
                 }
                 None => {
                     if let Err(err) =

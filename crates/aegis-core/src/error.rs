@@ -30,6 +30,9 @@ pub enum Error {
         /// `server.max_queued_runs`.
         limit: usize,
     },
+    /// The engine is shutting down and accepts no new runs (the API answers 503).
+    #[error("the server is shutting down and accepts no new runs")]
+    ShuttingDown,
     /// No run with this id is known.
     #[error("unknown run {0}")]
     UnknownRun(String),

@@ -107,7 +107,7 @@ mod steps;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use engine::{Engine, EngineBuilder, Recovery, RunHandle, RunOptions};
+pub use engine::{Engine, EngineBuilder, Recovery, RunHandle, RunOptions, Shutdown};
 pub use error::{Error, Result};
 pub use event::{
     ArtifactCreated, Event, EventBus, EventData, EventType, FailureDetected, GateDecided,

@@ -2,6 +2,7 @@
 //! evaluates conditions, retries, times out, runs parallel batches, pauses at
 //! gates and records everything in history and events.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::Inner;
 use crate::event::{
     ArtifactCreated, EventData, FailureDetected, GateWaiting, RunCancelled, RunEvents,
-    StepCompleted, StepCounts, StepRetrying, StepSkipped, StepStarted, WorkflowCompleted,
-    WorkflowStarted,
+    RunInterrupted, StepCompleted, StepCounts, StepRetrying, StepSkipped, StepStarted,
+    WorkflowCompleted, WorkflowStarted,
 };
 use crate::http::describe_timeout;
 use crate::recorder::{Recorder, Write};
@@ -94,6 +95,9 @@ pub(crate) fn condition_holds(
         _ => true,
     }
 }
+
+/// Why a run stopped by [`crate::Engine::shutdown`] is interrupted.
+const SHUTDOWN_REASON: &str = "the server shut down while the run was running";
 
 /// How one step execution ended.
 struct Executed {
@@ -192,7 +196,10 @@ impl RunExec {
         started_at: jiff::Timestamp,
         clock: Instant,
     ) -> RunSummary {
-        let (status, error) = if cancelled_at.is_some() {
+        let interrupted = cancelled_at.is_some() && self.inner.interrupting.load(Ordering::Acquire);
+        let (status, error) = if interrupted {
+            (RunStatus::Interrupted, Some(SHUTDOWN_REASON.to_owned()))
+        } else if cancelled_at.is_some() {
             (RunStatus::Cancelled, Some("cancelled".to_owned()))
         } else if let Some(failed) = self.outcomes.values().find(|o| !o.success) {
             let error = format!(
@@ -218,8 +225,17 @@ impl RunExec {
         // hears that it finished.
         self.recorder.flush().await;
         self.inner.settled(&self.run_id);
-        if let Some(step_id) = cancelled_at {
-            self.events.emit(EventData::RunCancelled(RunCancelled { step_id }));
+        match cancelled_at {
+            Some(step_id) if interrupted => {
+                self.events.emit(EventData::RunInterrupted(RunInterrupted {
+                    step_id,
+                    reason: SHUTDOWN_REASON.to_owned(),
+                }));
+            }
+            Some(step_id) => {
+                self.events.emit(EventData::RunCancelled(RunCancelled { step_id }));
+            }
+            None => {}
         }
         let summary = counts(self.workflow.steps().len(), &self.outcomes);
         self.events.emit(EventData::WorkflowCompleted(WorkflowCompleted {

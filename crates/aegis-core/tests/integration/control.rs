@@ -246,3 +246,46 @@ async fn a_command_that_outlives_its_timeout_fails_with_the_limit() {
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.steps[0].error.as_deref(), Some("timed out after 300ms"));
 }
+
+#[tokio::test]
+async fn shutdown_lets_quick_runs_finish_interrupts_slow_ones_and_keeps_queued_ones() {
+    let svc = MockService::start().await.expect("mock");
+    svc.route("GET", "/quick", Route::ok(json!({})).delay(Duration::from_millis(50)));
+    svc.route("GET", "/slow", Route::ok(json!({})).delay(Duration::from_secs(60)));
+    let env = env(&format!(
+        "server: {{ max_concurrent_runs: 2 }}
+services:\n  s: {{ url: '{}' }}
+workflows:
+  quick:\n    steps:\n      - {{ type: http, service: s, path: /quick }}
+  slow:\n    concurrency: 1\n    steps:\n      - {{ id: wait, type: http, service: s, path: /slow, timeout: 120 }}
+",
+        svc.url()
+    ));
+    let quick = env.engine.submit("quick", RunOptions::new(Trigger::Api)).await.expect("quick");
+    let slow = env.engine.submit("slow", RunOptions::new(Trigger::Api)).await.expect("slow");
+    // The slow workflow runs one at a time, so this one waits in the queue.
+    let queued = env.engine.submit("slow", RunOptions::new(Trigger::Api)).await.expect("queued");
+    let (slow_id, queued_id) = (slow.id().clone(), queued.id().clone());
+
+    let report = env.engine.shutdown(Duration::from_millis(500)).await.expect("shutdown");
+    assert!(report.stopped.contains(&slow_id), "{report:?}");
+    assert_eq!(quick.wait().await.expect("quick").status, RunStatus::Succeeded);
+    assert_eq!(slow.wait().await.expect("slow").status, RunStatus::Interrupted);
+
+    let stored = env.history.get_run(&slow_id).await.expect("get").expect("slow run stored");
+    assert_eq!(stored.run.status, RunStatus::Interrupted);
+    let types: Vec<String> =
+        env.events(slow_id.as_str()).into_iter().map(|e| e.event_type).collect();
+    assert_eq!(
+        types.iter().rev().take(2).collect::<Vec<_>>(),
+        ["workflow.completed", "run.interrupted"]
+    );
+    // The queued run was never started: it stays queued for the next start's recovery.
+    let waiting = env.history.get_run(&queued_id).await.expect("get").expect("queued run stored");
+    assert_eq!(waiting.run.status, RunStatus::Queued);
+    // And nothing new is accepted.
+    assert!(matches!(
+        env.engine.submit("quick", RunOptions::new(Trigger::Api)).await,
+        Err(aegis_core::Error::ShuttingDown)
+    ));
+}

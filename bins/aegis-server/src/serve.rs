@@ -1,0 +1,108 @@
+//! Serving: open the history store, build the engine, recover unfinished runs, bind
+//! (guarded), serve until SIGTERM/SIGINT, then shut down in order.
+//!
+//! Runs execute on their own multi-threaded runtime rather than on the HTTP workers, so
+//! stopping the HTTP server (which lets in-flight requests finish) does not abandon
+//! them: shutdown then gives them `server.shutdown_grace` to finish and records the rest
+//! `interrupted`, and dropping the history store commits every queued write.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{HttpServer, web};
+use aegis_api::AppState;
+use aegis_core::Engine;
+use aegis_history::{HistoryBackend, HistoryOptions, SqliteHistory};
+use anyhow::Context;
+
+use crate::Flags;
+use crate::{logging, settings};
+
+pub(crate) fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let (filter, format) = settings::logging()?;
+    logging::init(&filter, format);
+    let settings = settings::resolve(flags)?;
+    let config = Arc::new(settings.config);
+    aegis_auth::check_bind(&settings.host, config.server(), config.auth())?;
+
+    let engine_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("aegis-engine")
+        .enable_all()
+        .build()
+        .context("cannot start the engine runtime")?;
+    let (engine, history) = engine_runtime.block_on(start_engine(Arc::clone(&config)))?;
+    let state =
+        web::Data::new(AppState::new(engine.clone()).with_runtime(engine_runtime.handle().clone()));
+
+    let grace = config.server().shutdown_grace();
+    let (host, port) = (settings.host.clone(), settings.port);
+    let base_path = config.server().base_path().to_owned();
+    let config_path = config.source().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let served = actix_web::rt::System::new().block_on(async move {
+        let server = HttpServer::new(move || aegis_api::app(state.clone()))
+            .bind((host.as_str(), port))
+            .with_context(|| format!("cannot listen on {host}:{port}"))?
+            .shutdown_timeout(grace.as_secs().max(1))
+            .run();
+        log::info!(
+            host = host.as_str(), port = port, startup_ms = started.elapsed().as_millis() as u64;
+            "aegis-server {} listening on http://{host}:{port}{base_path}/ (config {})",
+            env!("CARGO_PKG_VERSION"), config_path.display()
+        );
+        server.await.context("the HTTP server failed")
+    });
+
+    log::info!(
+        "stopped accepting requests; waiting up to {}s for running runs",
+        grace.as_secs_f64()
+    );
+    let report = engine_runtime.block_on(engine.shutdown(grace));
+    match &report {
+        Ok(report) => log::info!(
+            finished = report.finished, stopped = report.stopped.len();
+            "runs: {} finished during shutdown, {} stopped (running ones recorded interrupted, queued ones kept for the next start)", report.finished, report.stopped.len()
+        ),
+        Err(err) => log::error!("could not record running runs as interrupted: {err}"),
+    }
+    drop(engine);
+    // Dropping the last handle of the store commits every queued write before exit.
+    drop(history);
+    engine_runtime.shutdown_timeout(grace);
+    served?;
+    report.context("shutdown failed")?;
+    log::info!("aegis-server stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn start_engine(
+    config: Arc<aegis_config::Config>,
+) -> anyhow::Result<(Engine, Arc<dyn HistoryBackend>)> {
+    let history_config = config.history();
+    let options = HistoryOptions::with_max_records(history_config.max_records());
+    let path = history_config.db_path();
+    let history: Arc<dyn HistoryBackend> = if path.as_os_str() == ":memory:" {
+        Arc::new(SqliteHistory::open_in_memory(options).await?)
+    } else {
+        Arc::new(
+            SqliteHistory::open(path, options)
+                .await
+                .with_context(|| "cannot open the history store")?,
+        )
+    };
+    let engine = Engine::builder(config, Arc::clone(&history)).build()?;
+    let recovery = engine.recover().await.context("cannot recover unfinished runs")?;
+    if !(recovery.interrupted.is_empty()
+        && recovery.requeued.is_empty()
+        && recovery.waiting.is_empty())
+    {
+        log::info!(
+            interrupted = recovery.interrupted.len(), requeued = recovery.requeued.len(), waiting = recovery.waiting.len();
+            "recovered unfinished runs: {} interrupted, {} queued again, {} waiting at a gate",
+            recovery.interrupted.len(), recovery.requeued.len(), recovery.waiting.len()
+        );
+    }
+    Ok((engine, history))
+}
