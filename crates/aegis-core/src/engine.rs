@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,12 @@ pub struct Recovery {
     pub requeued: Vec<RunId>,
     /// Runs waiting at a gate, left waiting.
     pub waiting: Vec<RunId>,
+    /// Runs whose gate deadline passed while no process was running: decided
+    /// now by the gate's `on_timeout`.
+    pub expired: Vec<RunId>,
+    /// Runs whose gate was decided but not yet resumed when the process
+    /// stopped: resumed now as the recorded decision says.
+    pub resumed: Vec<RunId>,
 }
 
 /// Builds an [`Engine`].
@@ -135,6 +141,8 @@ impl EngineBuilder {
             queued: AtomicUsize::new(0),
             workflow_limits,
             active: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(1),
+            deciding: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
             interrupting: AtomicBool::new(false),
             history: self.history,
@@ -163,8 +171,16 @@ pub(crate) struct Inner {
     global: Arc<Semaphore>,
     workflow_limits: HashMap<String, Arc<Semaphore>>,
     max_queued: usize,
-    queued: AtomicUsize,
-    active: Mutex<HashMap<RunId, CancellationToken>>,
+    pub(crate) queued: AtomicUsize,
+    /// The runs executing in this process, each with the generation of its
+    /// execution (a run resumed after a gate is a new execution of the same id).
+    active: Mutex<HashMap<RunId, (u64, CancellationToken)>>,
+    generation: AtomicU64,
+    /// Held while a gate is decided or a waiting run is cancelled, so that the
+    /// checks and the changes of one decision are never interleaved with
+    /// another's in this process; across processes the history store's
+    /// `record_gate_decision` is the arbiter.
+    pub(crate) deciding: tokio::sync::Mutex<()>,
     /// Set by [`Engine::shutdown`]: no new runs are accepted.
     closing: AtomicBool,
     /// Set by [`Engine::shutdown`] once the grace period is over: a run stopped now
@@ -180,11 +196,19 @@ impl Inner {
     /// Forgets a run that reached a final status or paused at a gate, so that
     /// [`Engine::cancel`] no longer finds it; called before the event that
     /// announces it.
-    pub(crate) fn settled(&self, run_id: &RunId) {
-        self.active().remove(run_id);
+    pub(crate) fn settled(&self, run_id: &RunId, generation: u64) {
+        let mut active = self.active();
+        if active.get(run_id).is_some_and(|(g, _)| *g == generation) {
+            active.remove(run_id);
+        }
     }
 
-    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, CancellationToken>> {
+    /// Whether the engine is shutting down.
+    pub(crate) fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, (u64, CancellationToken)>> {
         match self.active.lock() {
             Ok(active) => active,
             Err(poisoned) => poisoned.into_inner(),
@@ -195,14 +219,14 @@ impl Inner {
 /// The slots a running run holds: one of `max_concurrent_runs` and one of its
 /// workflow's `concurrency`. Dropping them lets the next queued run start.
 #[derive(Debug)]
-struct Slots {
+pub(crate) struct Slots {
     _workflow: Option<OwnedSemaphorePermit>,
     _global: OwnedSemaphorePermit,
 }
 
 /// A place in the bounded queue; dropping it frees the place.
 #[derive(Debug)]
-struct QueuePlace(Arc<Inner>);
+pub(crate) struct QueuePlace(Arc<Inner>);
 
 impl Drop for QueuePlace {
     fn drop(&mut self) {
@@ -211,7 +235,7 @@ impl Drop for QueuePlace {
 }
 
 #[derive(Debug)]
-enum Admission {
+pub(crate) enum Admission {
     Now(Slots),
     Queued(QueuePlace),
 }
@@ -325,7 +349,7 @@ impl Engine {
         )?);
         events.emit(EventData::RunQueued(RunQueued { trigger: run.trigger.as_str().to_owned() }));
         log::debug!("run_id={}: queued for workflow {workflow}", run.id);
-        Ok(self.spawn(run.id, workflow.to_owned(), run.trigger, events, admission))
+        Ok(self.spawn(run.id, workflow.to_owned(), run.trigger, events, admission, None))
     }
 
     /// Submits a run and waits for it to finish (or pause at a gate).
@@ -337,7 +361,7 @@ impl Engine {
     /// run was found.
     pub fn cancel(&self, run_id: &RunId) -> bool {
         match self.inner.active().get(run_id) {
-            Some(token) => {
+            Some((_, token)) => {
                 token.cancel();
                 true
             }
@@ -361,8 +385,12 @@ impl Engine {
         while !self.inner.active().is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let remaining: Vec<(RunId, CancellationToken)> =
-            self.inner.active().iter().map(|(id, token)| (id.clone(), token.clone())).collect();
+        let remaining: Vec<(RunId, CancellationToken)> = self
+            .inner
+            .active()
+            .iter()
+            .map(|(id, (_, token))| (id.clone(), token.clone()))
+            .collect();
         self.inner.interrupting.store(true, Ordering::Release);
         for (_, token) in &remaining {
             token.cancel();
@@ -403,15 +431,25 @@ impl Engine {
             }
             self.inner.queued.fetch_add(1, Ordering::AcqRel);
             let place = Admission::Queued(QueuePlace(Arc::clone(&self.inner)));
-            self.spawn(run.id.clone(), run.workflow.clone(), run.trigger, events, place);
+            self.spawn(run.id.clone(), run.workflow.clone(), run.trigger, events, place, None);
             recovery.requeued.push(run.id);
         }
-        recovery.waiting = unfinished.waiting.into_iter().map(|r| r.id).collect();
+        for run in unfinished.waiting {
+            if self.resume_decided(&run.id).await? {
+                recovery.resumed.push(run.id);
+            } else {
+                recovery.waiting.push(run.id);
+            }
+        }
+        recovery.expired = self.arm_gate_timers().await?;
+        recovery.waiting.retain(|id| !recovery.expired.contains(id));
         log::info!(
-            "recovered runs: {} interrupted, {} requeued, {} waiting",
+            "recovered runs: {} interrupted, {} requeued, {} waiting, {} gates expired, {} resumed",
             recovery.interrupted.len(),
             recovery.requeued.len(),
-            recovery.waiting.len()
+            recovery.waiting.len(),
+            recovery.expired.len(),
+            recovery.resumed.len()
         );
         Ok(recovery)
     }
@@ -466,7 +504,27 @@ impl Engine {
         status: RunStatus,
         reason: &str,
     ) -> Result<()> {
-        end_unstarted(&self.inner, run_id, events, status, reason).await
+        end_unstarted(&self.inner, run_id, events, status, reason, 0).await
+    }
+
+    /// Slots for a run resumed after a gate: like [`Engine::admit`], but a run
+    /// that was already accepted is never refused for a full queue.
+    pub(crate) fn admit_resumed(&self, workflow: &str) -> Admission {
+        match self.admit(workflow) {
+            Ok(admission) => admission,
+            Err(_) => {
+                self.inner.queued.fetch_add(1, Ordering::AcqRel);
+                Admission::Queued(QueuePlace(Arc::clone(&self.inner)))
+            }
+        }
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Engine {
+        Engine { inner }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     fn admit(&self, workflow: &str) -> Result<Admission> {
@@ -488,17 +546,19 @@ impl Engine {
         Ok(Admission::Queued(QueuePlace(Arc::clone(inner))))
     }
 
-    fn spawn(
+    pub(crate) fn spawn(
         &self,
         run_id: RunId,
         workflow: String,
         trigger: Trigger,
         events: Arc<RunEvents>,
         admission: Admission,
+        resume: Option<Resume>,
     ) -> RunHandle {
         let cancel = CancellationToken::new();
         let (done_tx, done) = watch::channel(None);
-        self.inner.active().insert(run_id.clone(), cancel.clone());
+        let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.active().insert(run_id.clone(), (generation, cancel.clone()));
         let handle = RunHandle { run_id: run_id.clone(), cancel: cancel.clone(), done };
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
@@ -510,16 +570,32 @@ impl Engine {
                 events,
                 admission,
                 cancel,
+                generation,
+                resume,
             )
             .await;
-            inner.active().remove(&run_id);
+            inner.settled(&run_id, generation);
             done_tx.send_replace(Some(Arc::new(summary)));
         });
         handle
     }
 }
 
+/// Where a run resumed after a gate decision continues.
+#[derive(Debug)]
+pub(crate) struct Resume {
+    /// The step index to continue from.
+    pub(crate) start: usize,
+    /// The execution number of the steps run from now on.
+    pub(crate) execution: u32,
+    /// The outcomes of the steps before `start`, as recorded.
+    pub(crate) outcomes: IndexMap<String, crate::step::StepOutcome>,
+    /// When the run first started.
+    pub(crate) started_at: Option<jiff::Timestamp>,
+}
+
 /// Waits for slots (unless admitted at once), then executes the run.
+#[expect(clippy::too_many_arguments, reason = "a private function called from one place")]
 async fn drive(
     inner: Arc<Inner>,
     run_id: RunId,
@@ -528,6 +604,8 @@ async fn drive(
     events: Arc<RunEvents>,
     admission: Admission,
     cancel: CancellationToken,
+    generation: u64,
+    resume: Option<Resume>,
 ) -> RunSummary {
     let unstarted = |status: RunStatus, error: &str| RunSummary {
         run_id: run_id.to_string(),
@@ -572,6 +650,7 @@ async fn drive(
                         &events,
                         RunStatus::Cancelled,
                         "engine closed",
+                        generation,
                     )
                     .await;
                     return unstarted(RunStatus::Cancelled, "engine closed");
@@ -584,9 +663,15 @@ async fn drive(
                     );
                 }
                 None => {
-                    if let Err(err) =
-                        end_unstarted(&inner, &run_id, &events, RunStatus::Cancelled, "cancelled")
-                            .await
+                    if let Err(err) = end_unstarted(
+                        &inner,
+                        &run_id,
+                        &events,
+                        RunStatus::Cancelled,
+                        "cancelled",
+                        generation,
+                    )
+                    .await
                     {
                         log::error!("run_id={run_id}: cannot record the cancellation: {err}");
                     }
@@ -603,9 +688,16 @@ async fn drive(
         trigger,
         events,
         cancel,
+        generation,
+        execution: resume.as_ref().map_or(0, |r| r.execution),
+        resumed: resume.as_ref().and_then(|r| r.started_at),
         outcomes: IndexMap::new(),
     };
-    let summary = exec.execute(0).await;
+    let (start, exec) = match resume {
+        Some(resume) => (resume.start, RunExec { outcomes: resume.outcomes, ..exec }),
+        None => (0, exec),
+    };
+    let summary = exec.execute(start).await;
     drop(slots);
     summary
 }
@@ -616,6 +708,7 @@ async fn end_unstarted(
     events: &RunEvents,
     status: RunStatus,
     reason: &str,
+    generation: u64,
 ) -> Result<()> {
     let update = RunUpdate {
         status,
@@ -625,7 +718,7 @@ async fn end_unstarted(
         error: Some(reason.to_owned()),
     };
     inner.history.update_run(run_id, &update).await?;
-    inner.settled(run_id);
+    inner.settled(run_id, generation);
     if status == RunStatus::Cancelled {
         events.emit(EventData::RunCancelled(RunCancelled { step_id: None }));
     } else {

@@ -36,6 +36,35 @@ pub enum Error {
     /// No run with this id is known.
     #[error("unknown run {0}")]
     UnknownRun(String),
+    /// The run's workflow has no gate step with this id (the API answers 404).
+    #[error("run {run_id} has no gate {gate_id:?}")]
+    UnknownGate {
+        /// The run id.
+        run_id: String,
+        /// The gate step id asked for.
+        gate_id: String,
+    },
+    /// A decision for a run that is not waiting at a gate (the API answers 409).
+    #[error("run {run_id} is {status}, not waiting at a gate")]
+    RunNotWaiting {
+        /// The run id.
+        run_id: String,
+        /// Its status.
+        status: String,
+    },
+    /// The gate is not waiting for a decision: it was decided already, or the
+    /// run waits at another gate (the API answers 409).
+    #[error("gate {gate_id} of run {run_id} is not waiting for a decision")]
+    GateNotPending {
+        /// The run id.
+        run_id: String,
+        /// The gate step id.
+        gate_id: String,
+    },
+    /// A reviewer's patch is not a JSON Patch array or does not apply to the
+    /// artifact; nothing was changed (the API answers 422).
+    #[error("invalid patch: {0}")]
+    InvalidPatch(String),
     /// A run's task ended without reporting how the run ended (it panicked).
     #[error("run {0} ended without a result")]
     RunAborted(String),

@@ -248,6 +248,8 @@ pub struct GateDecided {
     pub by: String,
     /// The reviewer's comment.
     pub comment: Option<String>,
+    /// The RFC 6902 JSON Patch applied to the gate's artifact, if any.
+    pub patch: Option<Value>,
 }
 
 /// `gate.expired` data.
@@ -257,6 +259,12 @@ pub struct GateExpired {
     pub gate_id: String,
     /// The decision taken at the deadline (`approve` or `reject`).
     pub decision: String,
+    /// Who decided: always `timeout`.
+    pub by: String,
+    /// Why: the deadline that passed.
+    pub comment: Option<String>,
+    /// Always absent: nobody edited the artifact.
+    pub patch: Option<Value>,
 }
 
 /// `run.cancelled` data.

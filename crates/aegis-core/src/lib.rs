@@ -77,8 +77,14 @@
 //!   [`Error::QueueFull`]. Cancelling stops the current step at once (its future
 //!   is dropped; a command's process is killed).
 //! * **Gates.** A run that reaches a gate is recorded as `waiting` with a pending
-//!   gate and its execution ends, freeing its slot; the decision (a later
-//!   feature) resumes it at the step after the gate.
+//!   gate and its execution ends, freeing its slot. [`Engine::decide`] applies
+//!   the reviewer's RFC 6902 patch to the gate's artifact (refusing, with nothing
+//!   changed, a patch that does not apply), records the decision (exactly one
+//!   wins per pending gate), then resumes the run after the gate (approve),
+//!   again from `retry_from` with the next `execution` number (reject), or ends
+//!   it `rejected`. A gate with a `timeout` is decided by its `on_timeout` at the
+//!   deadline, by `timeout`; timers are re-armed from the stored deadline by
+//!   [`Engine::recover`], which decides deadlines that passed meanwhile.
 //! * **Events** have a per-run `seq` from 1, are appended to
 //!   `data_dir/runs/<run_id>/events.jsonl` before they are published on the
 //!   bus, and are the same in both. Publishing never waits for a subscriber.
@@ -98,6 +104,7 @@
 mod engine;
 mod error;
 mod event;
+mod gate;
 mod health;
 mod http;
 mod recorder;
@@ -115,6 +122,7 @@ pub use event::{
     StepCompleted, StepCounts, StepRetrying, StepSkipped, StepStarted, Subscription, WebhookFailed,
     WorkflowCompleted, WorkflowStarted, event_schemas,
 };
+pub use gate::{GateOutcome, GateRequest, TIMEOUT_DECIDER};
 pub use health::{HEALTH_TIMEOUT, HealthStatus, ServiceHealth, check_service, check_services};
 pub use http::build_client;
 pub use run::{MAX_RETRY_DELAY, RunSummary, retry_delay};

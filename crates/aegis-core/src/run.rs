@@ -115,17 +115,30 @@ pub(crate) struct RunExec {
     pub(crate) cancel: CancellationToken,
     pub(crate) outcomes: IndexMap<String, StepOutcome>,
     pub(crate) recorder: Recorder,
+    /// Which execution of the run this is in the engine's table of active runs.
+    pub(crate) generation: u64,
+    /// The execution number of the steps this pass records (0, then +1 for
+    /// each gate rejection that sends the run back).
+    pub(crate) execution: u32,
+    /// When the run first started, if this pass resumes it after a gate.
+    pub(crate) resumed: Option<jiff::Timestamp>,
 }
 
 impl RunExec {
     /// Runs the workflow from step `start`, returning how the run ended.
     pub(crate) async fn execute(mut self, start: usize) -> RunSummary {
-        let started_at = jiff::Timestamp::now();
-        let clock = Instant::now();
-        let update =
-            RunUpdate { started_at: Some(started_at), ..RunUpdate::status(RunStatus::Running) };
+        let now = jiff::Timestamp::now();
+        let (started_at, update) = match self.resumed {
+            Some(started_at) => (started_at, RunUpdate::status(RunStatus::Running)),
+            None => {
+                (now, RunUpdate { started_at: Some(now), ..RunUpdate::status(RunStatus::Running) })
+            }
+        };
+        // A resumed run's duration counts from its first start, gate wait included.
+        let before: Duration = now.duration_since(started_at).try_into().unwrap_or_default();
+        let clock = Instant::now().checked_sub(before).unwrap_or_else(Instant::now);
         self.recorder.record(Write::Run(update));
-        if start == 0 {
+        if self.resumed.is_none() {
             self.events.emit(EventData::WorkflowStarted(WorkflowStarted {
                 name: self.workflow.name().to_owned(),
                 trigger: self.trigger.as_str().to_owned(),
@@ -224,7 +237,7 @@ impl RunExec {
         // The run is in history, and no longer cancellable, before anyone
         // hears that it finished.
         self.recorder.flush().await;
-        self.inner.settled(&self.run_id);
+        self.inner.settled(&self.run_id, self.generation);
         match cancelled_at {
             Some(step_id) if interrupted => {
                 self.events.emit(EventData::RunInterrupted(RunInterrupted {
@@ -274,7 +287,7 @@ impl RunExec {
         let since = jiff::Timestamp::now();
         let deadline = step.timeout().and_then(|d| since.checked_add(d).ok());
         let record = StepRecord {
-            execution: 0,
+            execution: self.execution,
             index: index as u32,
             step_id: step.id().to_owned(),
             step_type: step.type_name().to_owned(),
@@ -302,7 +315,7 @@ impl RunExec {
             RunUpdate { duration_ms: Some(duration_ms), ..RunUpdate::status(RunStatus::Waiting) };
         self.recorder.record(Write::Run(update));
         self.recorder.flush().await;
-        self.inner.settled(&self.run_id);
+        self.inner.settled(&self.run_id, self.generation);
         self.events.emit(EventData::GateWaiting(GateWaiting {
             gate_id: step.id().to_owned(),
             index: index as u32,
@@ -311,6 +324,14 @@ impl RunExec {
             deadline: deadline.map(|d| d.to_string()),
         }));
         log::info!("run_id={}: waiting at gate {}", self.run_id, step.id());
+        if let Some(deadline) = deadline {
+            crate::gate::arm_timer(
+                Arc::clone(&self.inner),
+                self.run_id.clone(),
+                step.id().to_owned(),
+                deadline,
+            );
+        }
         RunSummary {
             run_id: self.run_id.to_string(),
             workflow: self.workflow.key().to_owned(),
@@ -328,7 +349,7 @@ impl RunExec {
     async fn skip(&self, step: &aegis_config::Step, index: usize) -> StepOutcome {
         let now = jiff::Timestamp::now();
         let record = StepRecord {
-            execution: 0,
+            execution: self.execution,
             index: index as u32,
             step_id: step.id().to_owned(),
             step_type: step.type_name().to_owned(),
@@ -371,7 +392,7 @@ impl RunExec {
         let started_at = jiff::Timestamp::now();
         let clock = Instant::now();
         let mut record = StepRecord {
-            execution: 0,
+            execution: self.execution,
             index: index as u32,
             step_id: step_id.clone(),
             step_type: step_type.clone(),

@@ -3,6 +3,7 @@
 mod common;
 mod control;
 mod events;
+mod gates;
 mod health;
 mod runs;
 mod steps;
