@@ -139,6 +139,15 @@ pub fn app(
                     resource("/api/runs/{id}/artifacts/{name}")
                         .route(web::get().to(routes::artifacts::download)),
                 )
+                .service(resource("/api/gates").route(web::get().to(routes::gates::list)))
+                .service(
+                    resource("/api/runs/{id}/gates/{gate}/approve")
+                        .route(web::post().to(routes::gates::approve)),
+                )
+                .service(
+                    resource("/api/runs/{id}/gates/{gate}/reject")
+                        .route(web::post().to(routes::gates::reject)),
+                )
                 .service(resource("/api/events").route(web::get().to(routes::events::recent)))
                 .service(
                     resource("/api/events/stream")

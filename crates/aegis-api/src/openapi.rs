@@ -32,6 +32,9 @@ use crate::state::AppState;
         crate::routes::artifacts::download,
         crate::routes::events::recent,
         crate::routes::events::global_stream,
+        crate::routes::gates::list,
+        crate::routes::gates::approve,
+        crate::routes::gates::reject,
     ),
     components(schemas(crate::error::ErrorBody, crate::dto::Run, crate::dto::RunPage, crate::dto::RunWithSteps)),
     modifiers(&Security)

@@ -52,6 +52,25 @@ impl AppState {
         }
     }
 
+    /// Runs `work` on the engine's runtime (or here, without one), so that
+    /// what it spawns, such as a run resumed after a gate decision, outlives
+    /// the HTTP worker like runs started through [`AppState::submit`].
+    pub(crate) async fn on_engine<T, F, Fut>(&self, work: F) -> crate::error::Result<T>
+    where
+        F: FnOnce(Engine) -> Fut,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let engine = self.engine.clone();
+        let Some(runtime) = &self.runtime else {
+            return Ok(work(engine).await);
+        };
+        match runtime.spawn(work(engine)).await {
+            Ok(result) => Ok(result),
+            Err(err) => Err(ApiError::Internal(format!("engine task failed: {err}"))),
+        }
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine

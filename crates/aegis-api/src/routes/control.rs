@@ -120,7 +120,7 @@ pub(crate) async fn cancel(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse> {
-    require(&req, &state, Access::Operate)?;
+    let identity = require(&req, &state, Access::Operate)?;
     let id = RunId::new(id.into_inner());
     if state.engine().cancel(&id) {
         return Ok(HttpResponse::Accepted()
@@ -129,7 +129,19 @@ pub(crate) async fn cancel(
     let Some(detail) = state.history().get_run(&id).await? else {
         return Err(ApiError::NotFound { what: "run", id: id.to_string() });
     };
-    // FIXME: a run waiting at a gate has no task to cancel; the gates issue adds
-    // ending it as `cancelled`. Until then it is decided by rejecting the gate.
+    if detail.run.status == RunStatus::Waiting {
+        // A run waiting at a gate has no task to stop: the engine closes its gate
+        // (recorded as a rejection by whoever cancelled) and ends it `cancelled`.
+        let by = identity.display_name().to_owned();
+        let request = request_id(&req);
+        let run = id.clone();
+        let cancelled = state
+            .on_engine(move |engine| async move { engine.cancel_waiting(&run, &by, request).await })
+            .await??;
+        if cancelled {
+            return Ok(HttpResponse::Accepted()
+                .json(serde_json::json!({ "run_id": id.as_str(), "status": "cancelled" })));
+        }
+    }
     Err(ApiError::Conflict(format!("run {id} is {} and cannot be cancelled", detail.run.status)))
 }

@@ -3,6 +3,7 @@
 pub(crate) mod artifacts;
 pub(crate) mod control;
 pub(crate) mod events;
+pub(crate) mod gates;
 pub(crate) mod health;
 pub(crate) mod index;
 pub(crate) mod portfolio;

@@ -5,5 +5,6 @@
 mod common;
 mod control;
 mod errors;
+mod gates;
 mod health;
 mod runs;
