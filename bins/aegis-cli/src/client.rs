@@ -236,6 +236,17 @@ impl Client {
         self.decode(&url, response).await
     }
 
+    /// `POST` a JSON body and read the JSON answer.
+    pub(crate) async fn post_body_json<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        body: &serde_json::Value,
+    ) -> Result<T, ClientError> {
+        let request = self.http.post(url.clone()).header(ACCEPT, "application/json").json(body);
+        let response = self.send(&url, request.timeout(REQUEST_TIMEOUT)).await?;
+        self.decode(&url, response).await
+    }
+
     /// Opens a server-sent event stream, resuming after `last_event_id` when given.
     pub(crate) async fn stream(
         &self,

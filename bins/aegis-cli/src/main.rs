@@ -52,6 +52,9 @@ enum Command {
     /// Inspect runs.
     #[command(subcommand)]
     Runs(commands::runs::RunsCommand),
+    /// List, approve and reject gates waiting for a human (needs --server).
+    #[command(subcommand)]
+    Gates(commands::gates::GatesCommand),
     /// Follow a server's events (needs --server).
     #[command(subcommand)]
     Events(commands::events::EventsCommand),
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::History(args) => commands::history::run(&args, &ctx),
         Command::Runs(cmd) => commands::runs::run(cmd, &ctx),
         Command::Events(cmd) => commands::events::run(cmd, &ctx),
+        Command::Gates(cmd) => commands::gates::run(cmd, &ctx),
     };
     exit_code(result, styles)
 }

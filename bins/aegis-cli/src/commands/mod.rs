@@ -4,6 +4,7 @@
 pub(crate) mod completions;
 pub(crate) mod config;
 pub(crate) mod events;
+pub(crate) mod gates;
 pub(crate) mod history;
 pub(crate) mod run;
 pub(crate) mod runs;
