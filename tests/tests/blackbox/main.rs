@@ -4,3 +4,4 @@
 
 mod cli_config;
 mod cli_server;
+mod gates;
