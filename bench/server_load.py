@@ -104,8 +104,8 @@ class Server:
 
 def config_for(mock_url, db_path, data_dir):
     return f"""
-history_db_path: {db_path}
-data_dir: {data_dir}
+history_db_path: "{db_path}"
+data_dir: "{data_dir}"
 server: {{max_concurrent_runs: 64, max_queued_runs: 10000}}
 services:
   qaagent: {{url: "{mock_url}"}}
@@ -154,6 +154,7 @@ def main():
             "median_ratio": statistics.median(aegis_rps) / statistics.median(hello_rps),
         }
         results["start_to_ready_ms"] = ready
+        print(json.dumps(results), flush=True)
 
         # 2: full_pipeline?wait=true at 32 connections; every answered run stored.
         runs = []
