@@ -5,9 +5,28 @@
 # binaries for its own tests only, and the black-box tests live in their own package.
 #
 # Needs only the Rust toolchain, cargo-nextest and Python 3. Anything else a test
-# needs is installed by this project's own scripts, never by hand.
+# needs is installed by this project's own scripts, never by hand: schemathesis goes
+# into a venv under target/py. `scripts/test.sh --setup-only` installs and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Schemathesis (from PyPI) fuzzes the running server in the black-box test
+# `server_openapi::schemathesis_finds_no_server_errors`. It lives in a venv under
+# target/py, created and filled here when missing or at another version.
+schemathesis_version=4.32.5
+venv=target/py
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -qF "$schemathesis_version"; then
+  echo "installing schemathesis $schemathesis_version into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "schemathesis==$schemathesis_version"
+fi
+export AEGIS_SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
+# Here a missing schemathesis is a failure, not a skipped check.
+export AEGIS_REQUIRE_SCHEMATHESIS=1
+if [ "${1:-}" = "--setup-only" ]; then
+  exit 0
+fi
 
 profile=default
 if [ "${CI:-}" = "true" ]; then

@@ -4,13 +4,15 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::ResponseError;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpRequest, web};
 use aegis_config::IpNet;
 
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The header carrying the request id, echoed or generated.
@@ -61,6 +63,28 @@ pub(crate) async fn observe(
         "{method} {path} {status} {duration_ms:.1}ms"
     );
     Ok(response)
+}
+
+/// Refuses a request whose declared `Content-Length` is over `server.max_body_bytes`
+/// with 413 before any handler runs, so the limit holds on every route, including
+/// those that take no body and would otherwise accept and ignore one.
+pub(crate) async fn limit_body(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let limit = req.app_data::<web::Data<AppState>>().map(|s| s.config().server().max_body_bytes());
+    let length = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let (Some(limit), Some(length)) = (limit, length)
+        && length > limit as u64
+    {
+        let response = ApiError::PayloadTooLarge { limit }.error_response();
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    next.call(req).await.map(ServiceResponse::map_into_left_body)
 }
 
 /// The request id assigned by [`observe`].

@@ -12,6 +12,7 @@ use crate::state::AppState;
         crate::routes::index::index,
         crate::routes::health::health,
         crate::routes::health::live,
+        crate::routes::health::healthz,
         crate::routes::health::ready,
         crate::routes::health::status,
         document,

@@ -6,9 +6,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use aegis_tests::{Finished, aegis_cli, binary, run};
+use aegis_tests::{Finished, Server, aegis_cli, run};
 use serde_json::{Value, json};
 
 fn write_config(dir: &Path) {
@@ -510,65 +509,13 @@ fn events_tail_of_a_run_prints_a_line_per_event_until_it_ends() {
 
 // --- Against the real aegis-server -------------------------------------------------
 
-/// A running `aegis-server`, killed when dropped.
-struct RealServer {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for RealServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the real server on a free loopback port in `dir` with `.aegis.yaml`, and
-/// waits for `/health/ready`. `None` while the binary is not built.
-fn real_server(dir: &Path, env: &[(&str, &str)]) -> Option<RealServer> {
-    let path = binary("aegis-server");
-    if !path.exists() {
-        // FIXME: aegis-server is being written; until its binary exists these tests
-        // check nothing. Remove this branch once `bins/aegis-server` has landed.
-        eprintln!("FIXME: {} is not built; skipping the real-server test", path.display());
-        return None;
-    }
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut cmd = std::process::Command::new(path);
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .args(["--config", ".aegis.yaml", "--port", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().unwrap();
-    let server = RealServer { child, url: format!("http://127.0.0.1:{port}") };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = stream.write_all(
-                b"GET /health/ready HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
-            );
-            let mut answer = String::new();
-            let _ = stream.read_to_string(&mut answer);
-            if answer.starts_with("HTTP/1.1 200") {
-                return Some(server);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("aegis-server did not become ready on port {port}");
-}
-
 #[test]
 fn against_the_real_server_run_wait_history_runs_show_and_events_tail() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
-    let Some(server) = real_server(dir.path(), &[]) else { return };
-    let cli = |args: &[&str]| run(aegis_cli(dir.path()).args(["--server", &server.url]).args(args));
+    let server = Server::start(dir.path());
+    let cli =
+        |args: &[&str]| run(aegis_cli(dir.path()).args(["--server", &server.url()]).args(args));
 
     let out = cli(&["run", "ok", "--wait"]);
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -628,13 +575,13 @@ fn against_the_real_server_with_auth_a_missing_key_exits_1_with_a_hint() {
     let mut yaml = std::fs::read_to_string(dir.path().join(".aegis.yaml")).unwrap();
     yaml.push_str("auth:\n  api_key: k3y-for-tests\n  protect_reads: true\n");
     std::fs::write(dir.path().join(".aegis.yaml"), yaml).unwrap();
-    let Some(server) = real_server(dir.path(), &[]) else { return };
-    let out = run(aegis_cli(dir.path()).args(["--server", &server.url, "history"]));
+    let server = Server::start(dir.path());
+    let out = run(aegis_cli(dir.path()).args(["--server", &server.url(), "history"]));
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("(HTTP 401)\nhint: "), "{out:?}");
     let out = run(aegis_cli(dir.path()).env("AEGIS_API_KEY", "k3y-for-tests").args([
         "--server",
-        &server.url,
+        &server.url(),
         "run",
         "ok",
         "--wait",

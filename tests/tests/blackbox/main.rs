@@ -5,3 +5,8 @@
 mod cli_config;
 mod cli_server;
 mod gates;
+mod server_api;
+mod server_bad_input;
+mod server_lifecycle;
+mod server_openapi;
+mod support;

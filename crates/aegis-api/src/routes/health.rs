@@ -44,6 +44,12 @@ pub(crate) async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Liveness under the name Kubernetes probes use; the same answer as `/health/live`.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200)))]
+pub(crate) async fn healthz() -> HttpResponse {
+    live().await
+}
+
 /// Readiness: 200 when the history store answers, else 503.
 #[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200), (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn ready(state: web::Data<AppState>) -> Result<HttpResponse> {

@@ -95,3 +95,30 @@ async fn protected_reads_need_a_key() {
     let (status, _, _) = call(&f.state, TestRequest::get().uri("/health")).await;
     assert_eq!(status, 200);
 }
+
+/// Regression: a body over `server.max_body_bytes` sent to a route that reads no body
+/// used to be ignored and the run started (202); the limit holds on every route.
+#[actix_web::test]
+async fn an_oversize_body_is_413_even_where_no_body_is_read() {
+    let f = fixture("server: {max_body_bytes: 1024}").await;
+    let big = vec![b'x'; 4096];
+    let (status, headers, body) = call(
+        &f.state,
+        TestRequest::post()
+            .uri("/api/workflows/nightly/run")
+            .insert_header(("Content-Type", "application/json"))
+            .set_payload(big),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_error(&body, "payload_too_large");
+    assert!(headers.contains_key("x-request-id"));
+    let (_, _, runs) = call(&f.state, TestRequest::get().uri("/api/runs")).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 0, "no run for a refused request");
+    let (status, _, _) = call(
+        &f.state,
+        TestRequest::post().uri("/api/workflows/nightly/run").set_payload(vec![b'x'; 1024]),
+    )
+    .await;
+    assert_eq!(status, 202, "a body at the limit is fine");
+}

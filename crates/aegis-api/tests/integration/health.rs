@@ -72,6 +72,7 @@ async fn openapi_lists_every_served_route() {
         "/",
         "/health",
         "/health/live",
+        "/healthz",
         "/health/ready",
         "/health/status",
         "/api/openapi.json",
