@@ -145,6 +145,7 @@ impl EngineBuilder {
             deciding: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
             interrupting: AtomicBool::new(false),
+            live: crate::artifact::LiveArtifacts::default(),
             history: self.history,
             registry: self.registry,
             client,
@@ -167,6 +168,8 @@ pub(crate) struct Inner {
     pub(crate) registry: StepRegistry,
     pub(crate) client: reqwest::Client,
     pub(crate) bus: Arc<EventBus>,
+    /// Step data not yet in history, served as `<step_id>.json` meanwhile.
+    pub(crate) live: crate::artifact::LiveArtifacts,
     runs_dir: PathBuf,
     global: Arc<Semaphore>,
     workflow_limits: HashMap<String, Arc<Semaphore>>,

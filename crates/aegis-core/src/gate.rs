@@ -364,8 +364,8 @@ impl Engine {
             && let Some(record) = latest_mut(&mut steps, artifact)
         {
             record.data = Some(after.clone());
+            // The step's data in history is its artifact `<step>.json`.
             inner.history.record_step(&run_id, record).await?;
-            write_json(&inner, &run_id, artifact, after).await?;
         }
         let approved = matches!(
             decision.decision,
@@ -391,13 +391,11 @@ impl Engine {
             started_at: started.or(Some(now)),
             completed_at: Some(now),
             duration_ms: Some(started.map_or(0, |s| elapsed_ms(s, now))),
-            data: Some(data.clone()),
+            data: Some(data),
             attempts: Vec::new(),
         };
+        // Its data in history is its artifact `<gate>.json`.
         inner.history.record_step(&run_id, &record).await?;
-        if let Err(err) = write_json(&inner, &run_id, &gate_id, &data).await {
-            log::error!("run_id={run_id}: cannot store gate {gate_id}'s data: {err}");
-        }
         steps.retain(|s| !(s.execution == gate_execution && s.index == index as u32));
         steps.push(record);
 
@@ -610,14 +608,6 @@ fn rebuild(steps: &[StepRecord], end: usize) -> IndexMap<String, StepOutcome> {
             (r.step_id.clone(), outcome)
         })
         .collect()
-}
-
-async fn write_json(inner: &Inner, run_id: &RunId, step_id: &str, data: &Value) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(data)?;
-    let dir = inner.run_dir(run_id);
-    tokio::fs::create_dir_all(&dir).await.map_err(|e| Error::io(&dir, e))?;
-    let path = dir.join(format!("{step_id}.json"));
-    tokio::fs::write(&path, &bytes).await.map_err(|e| Error::io(&path, e))
 }
 
 fn elapsed_ms(since: Timestamp, now: Timestamp) -> u64 {

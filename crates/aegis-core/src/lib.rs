@@ -101,6 +101,7 @@
 
 #![warn(missing_docs)]
 
+mod artifact;
 mod engine;
 mod error;
 mod event;
@@ -114,6 +115,7 @@ mod steps;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
+pub use artifact::{Artifact, is_artifact_name};
 pub use engine::{Engine, EngineBuilder, Recovery, RunHandle, RunOptions, Shutdown};
 pub use error::{Error, Result};
 pub use event::{

@@ -237,6 +237,7 @@ impl RunExec {
         // The run is in history, and no longer cancellable, before anyone
         // hears that it finished.
         self.recorder.flush().await;
+        self.inner.live.forget(&self.run_id);
         self.inner.settled(&self.run_id, self.generation);
         match cancelled_at {
             Some(step_id) if interrupted => {
@@ -315,6 +316,7 @@ impl RunExec {
             RunUpdate { duration_ms: Some(duration_ms), ..RunUpdate::status(RunStatus::Waiting) };
         self.recorder.record(Write::Run(update));
         self.recorder.flush().await;
+        self.inner.live.forget(&self.run_id);
         self.inner.settled(&self.run_id, self.generation);
         self.events.emit(EventData::GateWaiting(GateWaiting {
             gate_id: step.id().to_owned(),
@@ -493,10 +495,10 @@ impl RunExec {
         };
         let duration_ms = millis(clock.elapsed());
         let mut artifacts = ctx.take_artifacts();
-        match self.write_data_artifact(&step_id, &data).await {
+        match self.data_artifact(&step_id, &data) {
             Ok(bytes) => artifacts.push((format!("{step_id}.json"), bytes)),
             Err(err) => {
-                log::error!("run_id={}: cannot store step {step_id}'s data: {err}", self.run_id)
+                log::error!("run_id={}: cannot encode step {step_id}'s data: {err}", self.run_id)
             }
         }
         for (name, bytes) in artifacts {
@@ -553,11 +555,14 @@ impl RunExec {
         Executed { outcome, cancelled }
     }
 
-    async fn write_data_artifact(&self, step_id: &str, data: &Value) -> std::io::Result<u64> {
-        let bytes = serde_json::to_vec_pretty(data).map_err(std::io::Error::other)?;
-        let path = self.inner.run_dir(&self.run_id).join(format!("{step_id}.json"));
-        tokio::fs::write(&path, &bytes).await?;
-        Ok(bytes.len() as u64)
+    /// Makes the step's data available as its artifact `<step_id>.json`: from
+    /// memory now, from history (the step record's `data`) once the run's
+    /// records are flushed (see `crate::artifact`). Returns its size.
+    fn data_artifact(&self, step_id: &str, data: &Value) -> serde_json::Result<u64> {
+        let bytes: Arc<[u8]> = Arc::from(serde_json::to_vec_pretty(data)?);
+        let size = bytes.len() as u64;
+        self.inner.live.insert(&self.run_id, format!("{step_id}.json"), bytes);
+        Ok(size)
     }
 }
 

@@ -1,4 +1,5 @@
-//! A run's artifacts: the files under `data_dir/runs/<run_id>/`.
+//! A run's artifacts: the files under `data_dir/runs/<run_id>/` and each
+//! step's data as `<step_id>.json` (served by the engine from history).
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use aegis_auth::Access;
@@ -24,19 +25,7 @@ pub(crate) struct Artifact {
 /// An artifact name is one plain file name: no separators, no `..`, no control
 /// characters. Anything else names nothing, so it is a 404 like any unknown name.
 fn plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
-async fn run_dir(state: &AppState, id: &str) -> Result<std::path::PathBuf> {
-    let run_id = RunId::new(id);
-    if state.history().get_run(&run_id).await?.is_none() {
-        return Err(ApiError::NotFound { what: "run", id: id.to_owned() });
-    }
-    Ok(state.engine().run_dir(&run_id))
+    aegis_core::is_artifact_name(name)
 }
 
 /// The run's artifacts.
@@ -49,29 +38,20 @@ pub(crate) async fn list(
     id: web::Path<String>,
 ) -> Result<HttpResponse> {
     require(&req, &state, Access::Read)?;
-    let dir = run_dir(&state, &id).await?;
+    let run_id = RunId::new(id.as_str());
     let base = state.link(&format!("/api/runs/{id}/artifacts"));
-    let artifacts = web::block(move || -> std::io::Result<Vec<Artifact>> {
-        let mut out = Vec::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(err) => return Err(err),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if meta.is_file() && plain_name(&name) {
-                out.push(Artifact { url: format!("{base}/{name}"), name, size: meta.len() });
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(format!("cannot list artifacts: {e}")))?;
+    let Some(found) = state
+        .engine()
+        .artifacts(&run_id)
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot list artifacts: {e}")))?
+    else {
+        return Err(ApiError::NotFound { what: "run", id: id.into_inner() });
+    };
+    let artifacts: Vec<Artifact> = found
+        .into_iter()
+        .map(|a| Artifact { url: format!("{base}/{}", a.name), name: a.name, size: a.size })
+        .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "artifacts": artifacts })))
 }
 
@@ -86,19 +66,16 @@ pub(crate) async fn download(
 ) -> Result<HttpResponse> {
     require(&req, &state, Access::Read)?;
     let (id, name) = path.into_inner();
-    let dir = run_dir(&state, &id).await?;
+    let run_id = RunId::new(id.as_str());
+    if state.history().get_run(&run_id).await?.is_none() {
+        return Err(ApiError::NotFound { what: "run", id });
+    }
     if !plain_name(&name) {
         return Err(ApiError::NotFound { what: "artifact", id: name });
     }
-    let file = dir.join(&name);
-    let bytes = match web::block(move || std::fs::read(file))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-    {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::NotFound { what: "artifact", id: name });
-        }
+    let bytes = match state.engine().artifact(&run_id, &name).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err(ApiError::NotFound { what: "artifact", id: name }),
         Err(err) => return Err(ApiError::Internal(format!("cannot read artifact {name}: {err}"))),
     };
     let content_type = match name.rsplit_once('.').map(|(_, ext)| ext) {

@@ -108,12 +108,11 @@ async fn approve_with_a_patch_files_only_the_failures_the_reviewer_kept() {
         ["a", "b", "c"]
     );
     assert_eq!(ids(&decision.artifact_after.clone().expect("after")["failures"]), ["a", "c"]);
-    // The step's data in history and its artifact file are the patched data.
+    // The step's data in history and its artifact `test.json` are the patched data.
     let test = d.steps.iter().find(|s| s.step_id == "test").expect("test step");
     assert_eq!(ids(&test.data.clone().expect("data")["failures"]), ["a", "c"]);
-    let file = env.dir.path().join("data/runs").join(&run_id).join("test.json");
-    let stored: Value =
-        serde_json::from_str(&std::fs::read_to_string(file).expect("test.json")).expect("json");
+    let bytes = env.engine.artifact(&run_id.as_str().into(), "test.json").await.expect("read");
+    let stored: Value = serde_json::from_slice(&bytes.expect("test.json")).expect("json");
     assert_eq!(ids(&stored["failures"]), ["a", "c"]);
     let gate = d.steps.iter().find(|s| s.step_id == "review").expect("gate step");
     assert_eq!(

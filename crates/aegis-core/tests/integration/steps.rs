@@ -65,10 +65,13 @@ workflows:
     assert_eq!(detail.run.status, RunStatus::Succeeded);
     assert_eq!(detail.steps.len(), 5);
     assert!(detail.steps.iter().all(|s| s.status == StepStatus::Succeeded));
-    let artifact = env.dir.path().join("data/runs").join(&run.run_id).join("test.json");
+    let artifact = env.engine.artifact(&run.run_id.as_str().into(), "test.json").await;
     let stored: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(artifact).expect("artifact")).expect("json");
+        serde_json::from_slice(&artifact.expect("read").expect("artifact")).expect("json");
     assert_eq!(stored, test.data);
+    let listed = env.engine.artifacts(&run.run_id.as_str().into()).await.expect("list");
+    let names: Vec<String> = listed.expect("run").into_iter().map(|a| a.name).collect();
+    assert!(names.contains(&"test.json".to_owned()) && names.contains(&"events.jsonl".to_owned()));
 }
 
 #[tokio::test]
