@@ -75,14 +75,18 @@ async fn write_loop(
             }
         }
         // Steps and gates first, then the run: a reader that sees the run's
-        // new status also sees the steps that led to it.
-        let step_writes = steps.values().map(|s| history.record_step(&run_id, s));
-        let gate_writes = gates.values().map(|g| history.add_pending_gate(g));
-        let mut results = futures_util::future::join_all(step_writes).await;
-        results.extend(futures_util::future::join_all(gate_writes).await);
+        // new status also sees the steps that led to it. The writes are
+        // issued in that order without waiting for one another (`join_all`
+        // polls in order, and the SQLite backend applies its queue in order,
+        // mostly in one transaction), so a batch costs one round trip.
+        let mut writes: Vec<futures_util::future::BoxFuture<'_, aegis_history::Result<()>>> =
+            Vec::with_capacity(steps.len() + gates.len() + 1);
+        writes.extend(steps.values().map(|s| history.record_step(&run_id, s)));
+        writes.extend(gates.values().map(|g| history.add_pending_gate(g)));
         if let Some(update) = &run {
-            results.push(history.update_run(&run_id, update).await);
+            writes.push(history.update_run(&run_id, update));
         }
+        let results = futures_util::future::join_all(writes).await;
         for err in results.into_iter().filter_map(Result::err) {
             log::error!("run_id={run_id}: cannot record the run in history: {err}");
         }
