@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,8 @@ struct State {
     requests: Mutex<Vec<RecordedRequest>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Set by [`MockService::forget_requests`]: requests are not recorded.
+    forget: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,6 +127,13 @@ impl MockService {
         self
     }
 
+    /// Stops recording requests (for benchmarks: [`MockService::requests`]
+    /// then stays empty instead of growing with every call).
+    pub fn forget_requests(&self) -> &Self {
+        self.state.forget.store(true, Ordering::Release);
+        self
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         let mut requests = lock(&self.state.requests).clone();
@@ -165,6 +174,7 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
             }
         }
         let started = Instant::now();
+        let recording = !state.forget.load(Ordering::Acquire);
         let head = String::from_utf8_lossy(&buffer[..head_len]).into_owned();
         let body = buffer[head_len..head_len + content_length].to_vec();
         buffer.drain(..head_len + content_length);
@@ -173,6 +183,7 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
         let method = request_line.next().unwrap_or_default().to_owned();
         let path = request_line.next().unwrap_or_default().to_owned();
         let headers: Vec<(String, String)> = lines
+            .filter(|_| recording)
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
@@ -201,14 +212,16 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
         );
         let written = stream.write_all(response.as_bytes()).await;
         state.in_flight.fetch_sub(1, Ordering::AcqRel);
-        lock(&state.requests).push(RecordedRequest {
-            method,
-            path,
-            headers,
-            body,
-            started,
-            finished: Instant::now(),
-        });
+        if recording {
+            lock(&state.requests).push(RecordedRequest {
+                method,
+                path,
+                headers,
+                body,
+                started,
+                finished: Instant::now(),
+            });
+        }
         if written.is_err() {
             return;
         }
