@@ -177,11 +177,7 @@ impl Validator<'_> {
     }
 
     fn resolve(&self, path: &str) -> PathBuf {
-        let path = Path::new(path);
-        let joined =
-            if path.is_absolute() { path.to_path_buf() } else { self.ctx.base_dir.join(path) };
-        // `./aegis-data` under `/srv/qa` reads better as `/srv/qa/aegis-data`.
-        joined.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
+        resolve_path(self.ctx.base_dir, path)
     }
 
     /// An integer in `min..=max`, or `default` when absent.
@@ -1023,6 +1019,19 @@ impl Validator<'_> {
     }
 }
 
+/// `path` against the configuration's folder: absolute paths stay, relative ones are
+/// joined, and `./` segments dropped (`./aegis-data` under `/srv/qa` reads as
+/// `/srv/qa/aegis-data`).
+fn resolve_path(base_dir: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    let joined = if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) };
+    let cleaned: PathBuf =
+        joined.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    // `cwd: .` next to a config given as a bare file name is the working directory,
+    // not an empty path (which no process can change into).
+    if cleaned.as_os_str().is_empty() { PathBuf::from(".") } else { cleaned }
+}
+
 fn status_code(value: &serde_json::Value) -> Option<u16> {
     value.as_u64().filter(|c| (100..=599).contains(c)).and_then(|c| u16::try_from(c).ok())
 }
@@ -1063,4 +1072,26 @@ fn is_step_id(id: &str) -> bool {
 /// never handed out.
 fn placeholder_url() -> Url {
     Url::parse("http://invalid.invalid/").expect("a constant URL parses")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::resolve_path;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        assert_eq!(
+            resolve_path(Path::new("/srv/qa"), "./aegis-data"),
+            PathBuf::from("/srv/qa/aegis-data")
+        );
+        assert_eq!(
+            resolve_path(Path::new("/srv/qa"), "/var/lib/aegis"),
+            PathBuf::from("/var/lib/aegis")
+        );
+        assert_eq!(resolve_path(Path::new("."), "."), PathBuf::from("."));
+        assert_eq!(resolve_path(Path::new(""), "."), PathBuf::from("."));
+        assert_eq!(resolve_path(Path::new("."), "scripts"), PathBuf::from("scripts"));
+    }
 }
