@@ -1,14 +1,26 @@
 //! Engine benchmark: the `full_pipeline` shape (discover, test, submit_bugs,
-//! verify, report) against a local mock service that answers at once, with
+//! verify, report) against a local mock service that answers at once (and
+//! does not record requests, so the mock's bookkeeping is not measured), with
 //! SQLite history in a file.
 //!
-//! * throughput: runs finished per second with 32 runs executing at once;
+//! * throughput: runs finished per second with 32 runs executing at once
+//!   (5 rounds of 2,000 runs); only runs that finished `succeeded` count, and
+//!   at the end every run must be in the history store as `succeeded` and the
+//!   last run's step data must be served as its `<step_id>.json` artifacts;
 //! * overhead: at 1 run at a time, the engine's own cost per run (its wall
 //!   time minus the time the same 4 HTTP calls take when made directly),
-//!   relative to the cost of those calls.
+//!   relative to the cost of those calls (5 rounds of 200 runs).
 //!
-//! Run with `cargo bench -p aegis-core --bench engine`; prints medians over
-//! several rounds.
+//! Run with `CARGO_TARGET_DIR=/tmp/target-perf cargo bench -p aegis-core --bench engine`;
+//! it prints each round, the medians and the load average before and after.
+//! `AEGIS_BENCH_SKIP_THROUGHPUT=1` runs only the overhead part,
+//! `AEGIS_BENCH_TRACE=1` prints the gaps between the events of a run.
+//!
+//! The data lives in a temporary folder (`TMPDIR`, default `/tmp`). On an ext4
+//! without a journal, creating a file right after many deletions is slow (the
+//! allocator skips recently deleted inodes one by one), and this benchmark
+//! deletes ~20,000 files when it ends: results on a disk depend on what ran
+//! in the minutes before. Quote medians of several runs, side by side.
 
 use std::sync::Arc;
 use std::time::Instant;
