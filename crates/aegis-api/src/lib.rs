@@ -4,7 +4,6 @@
 //! `actix_web::test`, so both exercise the same routes, limits and middleware.
 
 mod auth;
-pub mod dto;
 mod error;
 mod middleware;
 mod openapi;
@@ -16,6 +15,8 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{App, HttpRequest, HttpResponse, Resource, web};
 
+/// The API's JSON shapes (shared with `aegis-cli`).
+pub use aegis_wire as dto;
 pub use error::{ApiError, ErrorBody, ErrorDetail, Result};
 pub use middleware::{REQUEST_ID, RequestId, client_ip, request_id};
 pub use openapi::openapi;

@@ -173,7 +173,7 @@ fn describe(detail: &RunWithSteps, styles: Styles) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Run, Step, StepAttempt};
+    use aegis_wire::{Run, Step, StepAttempt};
 
     #[test]
     fn a_retried_failed_step_lists_its_attempts() {

@@ -1,9 +1,14 @@
-//! The JSON shapes of the API. History and config types are converted into these so
-//! the wire format is defined here, in one place, and versioned with the API.
+//! The JSON shapes of the Aegis HTTP API, in one place: `aegis-api` serializes them and
+//! `aegis-cli` deserializes them, and both convert the history store's records into
+//! them, so a run prints the same in-process and against a server. The types derive
+//! `ToSchema` for the OpenAPI document; nothing here knows an HTTP framework.
+//!
+//! Deserialization is lenient (missing fields take their defaults, unknown ones are
+//! ignored) so a client keeps working against a newer server.
 
 use aegis_history::{Attempt, GateDecision, PendingGate, RunDetail, RunRecord, StepRecord};
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 fn time(t: Option<Timestamp>) -> Option<String> {
@@ -11,7 +16,8 @@ fn time(t: Option<Timestamp>) -> Option<String> {
 }
 
 /// A run, as listed.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
 pub struct Run {
     /// Time-ordered id (UUIDv7).
     pub id: String,
@@ -53,7 +59,8 @@ impl From<&RunRecord> for Run {
 }
 
 /// One attempt of a step.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
 pub struct StepAttempt {
     /// From 1.
     pub attempt: u32,
@@ -80,7 +87,8 @@ impl From<&Attempt> for StepAttempt {
 }
 
 /// One step of a run.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
 pub struct Step {
     /// The step id from the workflow.
     pub id: String,
@@ -133,7 +141,8 @@ impl From<&StepRecord> for Step {
 }
 
 /// A decision taken at a gate.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
 pub struct Decision {
     /// The gate step's id.
     pub gate: String,
@@ -164,7 +173,8 @@ impl From<&GateDecision> for Decision {
 }
 
 /// A gate waiting for a decision.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
 pub struct Gate {
     /// The run.
     pub run_id: String,
@@ -194,7 +204,8 @@ impl From<&PendingGate> for Gate {
 }
 
 /// A run with its steps, attempts and gates.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
 pub struct RunWithSteps {
     /// The run.
     #[serde(flatten)]
@@ -219,7 +230,8 @@ impl From<&RunDetail> for RunWithSteps {
 }
 
 /// A page of runs, newest first.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
 pub struct RunPage {
     /// The runs.
     pub runs: Vec<Run>,
