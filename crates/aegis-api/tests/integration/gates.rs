@@ -205,7 +205,11 @@ async fn reject_with_retry_from_reaches_the_gate_again() {
     let mut detail = Value::Null;
     for _ in 0..1000 {
         detail = run(&f, &id).await;
-        if detail["pending_gates"].as_array().is_some_and(|g| !g.is_empty()) {
+        // The pending gate is written just before the `waiting` status; the run has
+        // reached the gate once both are visible.
+        if detail["status"] == "waiting"
+            && detail["pending_gates"].as_array().is_some_and(|g| !g.is_empty())
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
