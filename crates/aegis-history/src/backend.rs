@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::model::{
     GateDecision, ListQuery, NewRun, Page, PendingGate, RunDetail, RunId, RunRecord, RunUpdate,
-    StepRecord,
+    StepRecord, Write,
 };
 
 /// Durable history of runs, shared as `Arc<dyn HistoryBackend>` by the
@@ -41,6 +41,26 @@ pub trait HistoryBackend: Send + Sync + std::fmt::Debug {
     ///
     /// Fails with `RunNotFound` if the run does not exist.
     async fn add_pending_gate(&self, gate: &PendingGate) -> Result<()>;
+
+    /// Applies several writes in order, with one result per write, in the
+    /// order given.
+    ///
+    /// A store that can makes the batch visible at once (SQLite: one
+    /// transaction), so that a reader never sees, say, a run `waiting`
+    /// without its pending gate. A write that fails is rolled back alone and
+    /// reported; the others still apply. The default applies them one by one.
+    async fn write_batch(&self, writes: &[Write]) -> Vec<Result<()>> {
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            results.push(match write {
+                Write::CreateRun(run) => self.create_run(run).await,
+                Write::UpdateRun(run_id, update) => self.update_run(run_id, update).await,
+                Write::RecordStep(run_id, step) => self.record_step(run_id, step).await,
+                Write::AddPendingGate(gate) => self.add_pending_gate(gate).await,
+            });
+        }
+        results
+    }
 
     /// Records a decision and removes the gate from the pending gates, in one
     /// atomic change.

@@ -26,7 +26,7 @@ use serde_json::json;
 use crate::{
     Attempt, Error, GateDecision, GateDecisionKind, HistoryBackend, HistoryOptions, ListQuery,
     MAX_PAGE_SIZE, NewRun, PendingGate, Result, RunDetail, RunId, RunRecord, RunStatus, RunUpdate,
-    StepRecord, StepStatus, Trigger,
+    StepRecord, StepStatus, Trigger, Write,
 };
 
 /// Opens the backend under test.
@@ -56,6 +56,7 @@ macro_rules! conformance_tests {
             invalid_cursor,
             retention_keeps_newest_finished,
             concurrent_writers_lose_nothing,
+            write_batches,
             recovery_query,
             persistence_across_reopen,
         );
@@ -579,6 +580,82 @@ pub async fn concurrent_writers_lose_nothing(mut store: impl Store) {
         assert_eq!(run.status, RunStatus::Succeeded, "{}", run.id);
         let detail: RunDetail = history.get_run(&run.id).await.unwrap().unwrap();
         assert_eq!(detail.steps.len(), 3, "{}", run.id);
+    }
+}
+
+/// A batch applies in order with one result per write; a failing write is
+/// reported and changes nothing, the others apply. Concurrent batches lose
+/// nothing.
+pub async fn write_batches(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let run = new_run("r1", "nightly", 0);
+    let gate = PendingGate {
+        run_id: run.id.clone(),
+        gate_id: "review".to_owned(),
+        step_index: 1,
+        message: Some("look".to_owned()),
+        artifact: None,
+        since: ts(3),
+        deadline: None,
+    };
+    let missing = RunId::new("missing");
+    let waiting = RunUpdate { duration_ms: Some(3), ..RunUpdate::status(RunStatus::Waiting) };
+    let results = history
+        .write_batch(&[
+            Write::CreateRun(run.clone()),
+            Write::UpdateRun(run.id.clone(), RunUpdate::status(RunStatus::Running)),
+            Write::RecordStep(missing.clone(), finished_step(0, 1)),
+            Write::RecordStep(run.id.clone(), finished_step(0, 1)),
+            Write::AddPendingGate(gate.clone()),
+            Write::UpdateRun(run.id.clone(), waiting),
+            Write::CreateRun(run.clone()),
+        ])
+        .await;
+    assert_eq!(results.len(), 7);
+    assert!(matches!(results[2], Err(Error::RunNotFound { .. })), "{results:?}");
+    assert!(matches!(results[6], Err(Error::DuplicateRun { .. })), "{results:?}");
+    for (i, result) in results.iter().enumerate().filter(|(i, _)| ![2, 6].contains(i)) {
+        assert!(result.is_ok(), "write {i}: {result:?}");
+    }
+    let detail = history.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(detail.run.status, RunStatus::Waiting);
+    assert_eq!(detail.run.duration_ms, Some(3));
+    assert_eq!(detail.steps, vec![finished_step(0, 1)]);
+    assert_eq!(detail.pending_gates, vec![gate]);
+    assert!(history.get_run(&missing).await.unwrap().is_none());
+    assert!(history.write_batch(&[]).await.is_empty());
+
+    const WRITERS: usize = 8;
+    const RUNS: usize = 20;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let history = Arc::clone(&history);
+            tokio::spawn(async move {
+                for r in 0..RUNS {
+                    let run = new_run(&format!("b{w}-{r:02}"), "batched", r as i64);
+                    let id = run.id.clone();
+                    let mut writes = vec![Write::CreateRun(run)];
+                    writes
+                        .extend((0..3).map(|s| Write::RecordStep(id.clone(), finished_step(s, 1))));
+                    writes.push(Write::UpdateRun(id, finish(RunStatus::Succeeded, r as i64 + 5)));
+                    for result in history.write_batch(&writes).await {
+                        result?;
+                    }
+                }
+                Ok::<(), Error>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let query =
+        ListQuery { workflow: Some("batched".to_owned()), limit: 500, ..ListQuery::default() };
+    let runs = all_pages(&*history, query).await;
+    assert_eq!(runs.len(), WRITERS * RUNS);
+    for run in &runs {
+        assert_eq!(run.status, RunStatus::Succeeded, "{}", run.id);
+        assert_eq!(history.get_run(&run.id).await.unwrap().unwrap().steps.len(), 3);
     }
 }
 

@@ -153,16 +153,17 @@ pub enum Error {
         gate_id: String,
     },
 
-    /// The writer thread could not be started.
-    #[error("failed to start the history writer thread")]
+    /// The WAL checkpoint thread could not be started.
+    #[error("failed to start the history checkpoint thread")]
     SpawnWriter {
         /// The I/O error.
         #[source]
         source: std::io::Error,
     },
 
-    /// The backend has shut down (its writer thread stopped).
-    #[error("history backend is closed")]
+    /// A write was abandoned before it was answered (the commit that held
+    /// it panicked).
+    #[error("history write was abandoned")]
     Closed,
 
     /// A blocking task of the backend panicked or was cancelled.

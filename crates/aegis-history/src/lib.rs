@@ -40,7 +40,7 @@ pub use error::{Error, Result};
 pub use memory::InMemoryHistory;
 pub use model::{
     Attempt, GateDecision, GateDecisionKind, ListQuery, MAX_PAGE_SIZE, NewRun, Page, PendingGate,
-    RunDetail, RunId, RunRecord, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger,
+    RunDetail, RunId, RunRecord, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger, Write,
 };
 pub use options::{Durability, HistoryOptions};
 pub use sqlite::{SCHEMA_VERSION, SqliteHistory};

@@ -11,7 +11,7 @@ use crate::cursor;
 use crate::error::{Error, Result};
 use crate::model::{
     GateDecision, ListQuery, MAX_PAGE_SIZE, NewRun, Page, PendingGate, RunDetail, RunId, RunRecord,
-    RunUpdate, StepRecord,
+    RunUpdate, StepRecord, Write,
 };
 use crate::options::HistoryOptions;
 
@@ -58,6 +58,40 @@ impl State {
         self.runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_string() })
     }
 
+    fn create_run(&mut self, run: &NewRun) -> Result<()> {
+        if self.runs.contains_key(&run.id) {
+            return Err(Error::DuplicateRun { run_id: run.id.to_string() });
+        }
+        self.order.insert((run.created_at, run.id.clone()));
+        self.runs.insert(
+            run.id.clone(),
+            Entry { run: RunRecord::from_new(run), steps: BTreeMap::new(), decisions: Vec::new() },
+        );
+        Ok(())
+    }
+
+    fn update_run(&mut self, run_id: &RunId, update: &RunUpdate, keep: u32) -> Result<()> {
+        let entry = self.entry(run_id)?;
+        entry.run.apply(update);
+        if update.status.is_finished() {
+            let workflow = entry.run.workflow.clone();
+            self.prune(&workflow, keep);
+        }
+        Ok(())
+    }
+
+    fn record_step(&mut self, run_id: &RunId, step: &StepRecord) -> Result<()> {
+        let entry = self.entry(run_id)?;
+        entry.steps.insert((step.execution, step.index), step.clone());
+        Ok(())
+    }
+
+    fn add_pending_gate(&mut self, gate: &PendingGate) -> Result<()> {
+        self.entry(&gate.run_id)?;
+        self.pending.insert((gate.run_id.clone(), gate.gate_id.clone()), gate.clone());
+        Ok(())
+    }
+
     fn prune(&mut self, workflow: &str, keep: u32) -> u64 {
         if keep == 0 {
             return 0;
@@ -86,41 +120,35 @@ impl State {
 #[async_trait]
 impl HistoryBackend for InMemoryHistory {
     async fn create_run(&self, run: &NewRun) -> Result<()> {
-        let mut state = self.state();
-        if state.runs.contains_key(&run.id) {
-            return Err(Error::DuplicateRun { run_id: run.id.to_string() });
-        }
-        state.order.insert((run.created_at, run.id.clone()));
-        state.runs.insert(
-            run.id.clone(),
-            Entry { run: RunRecord::from_new(run), steps: BTreeMap::new(), decisions: Vec::new() },
-        );
-        Ok(())
+        self.state().create_run(run)
     }
 
     async fn update_run(&self, run_id: &RunId, update: &RunUpdate) -> Result<()> {
-        let mut state = self.state();
-        let entry = state.entry(run_id)?;
-        entry.run.apply(update);
-        if update.status.is_finished() {
-            let workflow = entry.run.workflow.clone();
-            state.prune(&workflow, self.max_records);
-        }
-        Ok(())
+        self.state().update_run(run_id, update, self.max_records)
     }
 
     async fn record_step(&self, run_id: &RunId, step: &StepRecord) -> Result<()> {
-        let mut state = self.state();
-        let entry = state.entry(run_id)?;
-        entry.steps.insert((step.execution, step.index), step.clone());
-        Ok(())
+        self.state().record_step(run_id, step)
     }
 
     async fn add_pending_gate(&self, gate: &PendingGate) -> Result<()> {
+        self.state().add_pending_gate(gate)
+    }
+
+    async fn write_batch(&self, writes: &[Write]) -> Vec<Result<()>> {
+        // Under one lock: readers see the whole batch or none of it.
         let mut state = self.state();
-        state.entry(&gate.run_id)?;
-        state.pending.insert((gate.run_id.clone(), gate.gate_id.clone()), gate.clone());
-        Ok(())
+        writes
+            .iter()
+            .map(|write| match write {
+                Write::CreateRun(run) => state.create_run(run),
+                Write::UpdateRun(run_id, update) => {
+                    state.update_run(run_id, update, self.max_records)
+                }
+                Write::RecordStep(run_id, step) => state.record_step(run_id, step),
+                Write::AddPendingGate(gate) => state.add_pending_gate(gate),
+            })
+            .collect()
     }
 
     async fn record_gate_decision(&self, run_id: &RunId, decision: &GateDecision) -> Result<()> {

@@ -184,6 +184,20 @@ pub struct NewRun {
     pub created_at: Timestamp,
 }
 
+/// One write of a batch given to [`crate::HistoryBackend::write_batch`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Write {
+    /// [`crate::HistoryBackend::create_run`].
+    CreateRun(NewRun),
+    /// [`crate::HistoryBackend::update_run`].
+    UpdateRun(RunId, RunUpdate),
+    /// [`crate::HistoryBackend::record_step`].
+    RecordStep(RunId, StepRecord),
+    /// [`crate::HistoryBackend::add_pending_gate`].
+    AddPendingGate(PendingGate),
+}
+
 /// A change to a run. `None` fields keep their stored value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunUpdate {

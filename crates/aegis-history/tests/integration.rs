@@ -2,6 +2,8 @@
 
 #![expect(clippy::unwrap_used, reason = "test helpers panic on failure like tests do")]
 
+#[path = "integration/batches.rs"]
+mod batches;
 #[path = "integration/conformance.rs"]
 mod conformance;
 #[path = "integration/crash.rs"]

@@ -1,8 +1,9 @@
 //! `SqliteHistory`: the durable backend on one SQLite file.
 //!
-//! Writes go to one writer thread that batches them into transactions
-//! (see `writer`); reads use an r2d2 pool of connections on tokio's
-//! blocking pool. WAL mode lets reads proceed while the writer commits.
+//! Writes are committed in batches by whichever writer gets the write
+//! connection first, on its own thread (see `writer`); a background thread
+//! checkpoints the WAL. Reads use an r2d2 pool of connections on tokio's
+//! blocking pool. WAL mode lets reads proceed while a writer commits.
 
 mod codec;
 mod read;
@@ -11,25 +12,26 @@ mod writer;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::backend::{HistoryBackend, UnfinishedRuns};
 use crate::error::{Error, Result};
 use crate::model::{
     GateDecision, ListQuery, NewRun, Page, PendingGate, RunDetail, RunId, RunUpdate, StepRecord,
+    Write,
 };
 use crate::options::{Durability, HistoryOptions};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = schema::LATEST_VERSION;
-use writer::{Command, Op};
+use writer::{Command, Committer, Op};
 
 /// The write connection, shared with readers only for `:memory:`.
 pub(crate) type Conn = Arc<Mutex<Connection>>;
@@ -44,9 +46,6 @@ pub(crate) fn lock(conn: &Conn) -> MutexGuard<'_, Connection> {
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
-/// How queued writes reach the writer before callers are made to wait.
-const WRITE_QUEUE: usize = 8192;
-
 #[derive(Debug, Clone)]
 enum Readers {
     Pool(r2d2::Pool<SqliteConnectionManager>),
@@ -57,18 +56,23 @@ enum Readers {
 /// History in an SQLite database file (or `:memory:`).
 ///
 /// A write's future resolves only after the transaction holding it has
-/// committed. With the default [`Durability::ProcessCrash`] (WAL,
+/// committed. The commit runs on the writing thread itself (a lone write
+/// costs one small transaction and no thread switch; concurrent writes share
+/// one commit), except for [`Durability::PowerLoss`] and retention, whose
+/// commits can take milliseconds and run on tokio's blocking pool. With the default [`Durability::ProcessCrash`] (WAL,
 /// `synchronous=NORMAL`) a committed write survives the process being
 /// killed at any moment; [`Durability::PowerLoss`] (`synchronous=FULL`)
 /// also survives power loss at the cost of one fsync per batch.
 ///
-/// Dropping it waits for the writes already queued to commit; it blocks
-/// the current thread for that long.
+/// Dropping it stops the checkpoint thread, waiting for a checkpoint in
+/// progress to end.
 #[derive(Debug)]
 pub struct SqliteHistory {
     location: PathBuf,
-    sender: Option<mpsc::Sender<Command>>,
-    writer: Option<JoinHandle<()>>,
+    committer: Arc<Committer>,
+    /// Commits block for an fsync: run them off the async threads.
+    slow_commits: bool,
+    checkpointer: Option<JoinHandle<()>>,
     readers: Readers,
 }
 
@@ -152,7 +156,7 @@ impl SqliteHistory {
         migrate(&mut conn, &path)?;
         let conn = Arc::new(Mutex::new(conn));
         let readers = Readers::Shared(Arc::clone(&conn));
-        Self::start_shared(path, conn, readers, &options)
+        Ok(Self::start_shared(path, conn, readers, &options, None))
     }
 
     fn start(
@@ -161,7 +165,19 @@ impl SqliteHistory {
         readers: Readers,
         options: &HistoryOptions,
     ) -> Result<Self> {
-        Self::start_shared(location, Arc::new(Mutex::new(conn)), readers, options)
+        // Checkpoints run on a thread of their own, never in a writer's commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|source| Error::Open { path: location.clone(), source })?;
+        let (asked, checkpoint_requests) = mpsc::sync_channel(1);
+        let mut history =
+            Self::start_shared(location, Arc::new(Mutex::new(conn)), readers, options, Some(asked));
+        let committer = Arc::clone(&history.committer);
+        let checkpointer = std::thread::Builder::new()
+            .name("aegis-history-checkpoint".to_owned())
+            .spawn(move || writer::checkpoint_loop(committer, checkpoint_requests))
+            .map_err(|source| Error::SpawnWriter { source })?;
+        history.checkpointer = Some(checkpointer);
+        Ok(history)
     }
 
     fn start_shared(
@@ -169,22 +185,51 @@ impl SqliteHistory {
         conn: Conn,
         readers: Readers,
         options: &HistoryOptions,
-    ) -> Result<Self> {
-        let (sender, receiver) = mpsc::channel(WRITE_QUEUE);
-        let max_batch = options.max_batch.max(1);
-        let keep = options.max_records;
-        let writer = std::thread::Builder::new()
-            .name("aegis-history-writer".to_owned())
-            .spawn(move || writer::run(conn, receiver, max_batch, keep))
-            .map_err(|source| Error::SpawnWriter { source })?;
-        Ok(Self { location, sender: Some(sender), writer: Some(writer), readers })
+        checkpoint: Option<mpsc::SyncSender<()>>,
+    ) -> Self {
+        let committer = Committer::new(conn, options.max_batch, options.max_records, checkpoint);
+        Self {
+            location,
+            committer: Arc::new(committer),
+            slow_commits: options.durability == Durability::PowerLoss,
+            checkpointer: None,
+            readers,
+        }
     }
 
     async fn write(&self, op: Op) -> Result<u64> {
-        let sender = self.sender.as_ref().ok_or(Error::Closed)?;
-        let (reply, outcome) = oneshot::channel();
-        sender.send(Command { op, reply }).await.map_err(|_| Error::Closed)?;
-        outcome.await.map_err(|_| Error::Closed)?
+        let slow = matches!(op, Op::ApplyRetention);
+        let mut outcomes = self.write_group(vec![op], slow).await;
+        outcomes.pop().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Commits `ops` in one transaction (each in its own savepoint) and
+    /// returns their outcomes in order.
+    async fn write_group(&self, ops: Vec<Op>, slow: bool) -> Vec<Result<u64>> {
+        let mut group = Vec::with_capacity(ops.len());
+        let mut answers = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (reply, answer) = oneshot::channel();
+            group.push(Command { op, reply });
+            answers.push(answer);
+        }
+        self.committer.push(group);
+        if slow || self.slow_commits {
+            let committer = Arc::clone(&self.committer);
+            if let Err(err) = tokio::task::spawn_blocking(move || committer.drive()).await {
+                log::error!("history commit task failed: {err}");
+                // Commit what it left queued here, so that no answer is lost.
+                self.committer.drive();
+            }
+        } else {
+            self.committer.drive();
+        }
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            // A dropped reply means the leader panicked mid-batch.
+            outcomes.push(answer.await.unwrap_or(Err(Error::Closed)));
+        }
+        outcomes
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -193,12 +238,19 @@ impl SqliteHistory {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let readers = self.readers.clone();
+        let committer = Arc::clone(&self.committer);
         tokio::task::spawn_blocking(move || match readers {
             Readers::Pool(pool) => {
                 let conn = pool.get().map_err(|source| Error::Pool { source })?;
                 f(&conn)
             }
-            Readers::Shared(conn) => f(&lock(&conn)),
+            Readers::Shared(conn) => {
+                let result = f(&lock(&conn));
+                // `:memory:` reads hold the write connection: writes queued
+                // meanwhile, by writers that found it taken, are ours to commit.
+                committer.drive();
+                result
+            }
         })
         .await
         .map_err(|source| Error::Task { source })?
@@ -207,12 +259,13 @@ impl SqliteHistory {
 
 impl Drop for SqliteHistory {
     fn drop(&mut self) {
-        // Closing the channel lets the writer commit what is queued and stop.
-        drop(self.sender.take());
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
+        // Writes commit before their futures resolve, so nothing is queued;
+        // the checkpoint thread stops once it is no longer asked for work.
+        self.committer.stop_checkpoints();
+        if let Some(thread) = self.checkpointer.take()
+            && thread.join().is_err()
         {
-            log::error!("history writer thread panicked");
+            log::error!("history checkpoint thread panicked");
         }
     }
 }
@@ -314,6 +367,19 @@ impl HistoryBackend for SqliteHistory {
 
     async fn add_pending_gate(&self, gate: &PendingGate) -> Result<()> {
         self.write(Op::AddPendingGate(gate.clone())).await.map(drop)
+    }
+
+    async fn write_batch(&self, writes: &[Write]) -> Vec<Result<()>> {
+        let ops = writes
+            .iter()
+            .map(|write| match write {
+                Write::CreateRun(run) => Op::CreateRun(run.clone()),
+                Write::UpdateRun(run_id, update) => Op::UpdateRun(run_id.clone(), update.clone()),
+                Write::RecordStep(run_id, step) => Op::RecordStep(run_id.clone(), step.clone()),
+                Write::AddPendingGate(gate) => Op::AddPendingGate(gate.clone()),
+            })
+            .collect();
+        self.write_group(ops, false).await.into_iter().map(|outcome| outcome.map(drop)).collect()
     }
 
     async fn record_gate_decision(&self, run_id: &RunId, decision: &GateDecision) -> Result<()> {

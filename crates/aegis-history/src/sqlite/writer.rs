@@ -1,20 +1,31 @@
-//! The writer thread: owns the write connection and commits queued writes in batches.
+//! The committer: applies queued writes in batches on the connection that
+//! owns writing, on the thread of whoever is writing.
 //!
-//! Every write is a command sent over a channel. The thread takes all
-//! commands queued at that moment (up to `max_batch`), applies each inside
-//! its own savepoint so one failing write does not undo the others, commits
-//! once, and only then answers each caller. Concurrent runs therefore share
-//! one commit (group commit) instead of paying one each.
+//! A writer queues its group of commands, then tries to take the write
+//! connection. If it gets it, it becomes the leader: it commits everything
+//! queued (its own group and any other writer's) in transactions of up to
+//! `max_batch` commands, answers each caller, and keeps going until the
+//! queue is empty. If another writer holds the connection, it just waits for
+//! its answer: the leader re-checks the queue after letting go of the
+//! connection, so a group queued meanwhile is never stranded. Concurrent
+//! writers therefore share one commit (group commit), and a lone writer pays
+//! no thread switch at all: its commit runs right where it asked for it.
+//!
+//! Each command runs inside its own savepoint, so one failing write does not
+//! undo the others; a group is never split across transactions, so it
+//! becomes visible at once.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError, mpsc};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::model::{GateDecision, NewRun, PendingGate, RunId, RunStatus, RunUpdate, StepRecord};
+use crate::sqlite::Conn;
 use crate::sqlite::codec::{json_to_sql, ms_to_sql, opt_ts_to_sql, ts_to_sql};
-use crate::sqlite::{Conn, lock};
 
 /// One write.
 #[derive(Debug)]
@@ -34,21 +45,137 @@ pub(crate) struct Command {
     pub(crate) reply: oneshot::Sender<Result<u64>>,
 }
 
-/// Runs until every sender is dropped, then returns (closing the connection).
-pub(crate) fn run(conn: Conn, mut rx: mpsc::Receiver<Command>, max_batch: usize, keep: u32) {
-    let mut batch = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(command) => batch.push(command),
-                Err(_) => break,
+/// How many commits pass between two requests to checkpoint the WAL.
+const COMMITS_PER_CHECKPOINT: u32 = 128;
+
+/// The shared write path of one database.
+#[derive(Debug)]
+pub(crate) struct Committer {
+    conn: Conn,
+    /// Groups of commands waiting for a leader, oldest first.
+    queue: Mutex<VecDeque<Vec<Command>>>,
+    max_batch: usize,
+    keep: u32,
+    commits: AtomicU32,
+    /// Asks the checkpoint thread to copy the WAL into the database (files only).
+    checkpoint: Mutex<Option<mpsc::SyncSender<()>>>,
+}
+
+impl Committer {
+    pub(crate) fn new(
+        conn: Conn,
+        max_batch: usize,
+        keep: u32,
+        checkpoint: Option<mpsc::SyncSender<()>>,
+    ) -> Self {
+        Self {
+            conn,
+            queue: Mutex::new(VecDeque::new()),
+            max_batch: max_batch.max(1),
+            keep,
+            commits: AtomicU32::new(0),
+            checkpoint: Mutex::new(checkpoint),
+        }
+    }
+
+    /// Lets the checkpoint thread stop.
+    pub(crate) fn stop_checkpoints(&self) {
+        self.checkpoint.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Vec<Command>>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a group of commands, committed together in one transaction.
+    pub(crate) fn push(&self, group: Vec<Command>) {
+        if !group.is_empty() {
+            self.queue().push_back(group);
+        }
+    }
+
+    /// Commits everything queued unless another thread holds the write
+    /// connection (that thread then commits it). Blocks for the commits it
+    /// leads.
+    pub(crate) fn drive(&self) {
+        loop {
+            let mut conn = match self.conn.try_lock() {
+                Ok(conn) => conn,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let mut batch = self.take_batch();
+                if batch.is_empty() {
+                    break;
+                }
+                commit_batch(&mut conn, &mut batch, self.keep);
+                self.committed();
+            }
+            drop(conn);
+            // A group queued after the last take, by a writer that found the
+            // connection taken, is ours to commit.
+            if self.queue().is_empty() {
+                return;
             }
         }
-        let mut guard = lock(&conn);
-        commit_batch(&mut guard, &mut batch, keep);
     }
-    log::debug!("history writer stopped");
+
+    /// Whole groups, oldest first, up to `max_batch` commands (at least one group).
+    fn take_batch(&self) -> Vec<Command> {
+        let mut queue = self.queue();
+        let mut batch = Vec::new();
+        while let Some(group) = queue.front() {
+            if !batch.is_empty() && batch.len() + group.len() > self.max_batch {
+                break;
+            }
+            if let Some(group) = queue.pop_front() {
+                batch.extend(group);
+            }
+        }
+        batch
+    }
+
+    /// Copies the WAL into the database on the write connection, so that
+    /// no commit runs meanwhile and the next one starts the WAL over (a
+    /// checkpoint from another connection while writers keep appending never
+    /// catches up, and the WAL grows without end). Writers queue meanwhile
+    /// and are committed together right after. Runs on the checkpoint
+    /// thread, never on a writer's: the write connection has automatic
+    /// checkpoints off.
+    pub(crate) fn checkpoint(&self) {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let done: rusqlite::Result<(i64, i64, i64)> =
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            });
+        drop(conn);
+        match done {
+            Ok((_, log, copied)) => log::trace!("history WAL checkpoint: {copied} of {log} pages"),
+            Err(e) => log::warn!("history WAL checkpoint failed: {e}"),
+        }
+        self.drive();
+    }
+
+    fn committed(&self) {
+        let commits = self.commits.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if commits.is_multiple_of(COMMITS_PER_CHECKPOINT)
+            && let Some(checkpoint) =
+                self.checkpoint.lock().unwrap_or_else(PoisonError::into_inner).as_ref()
+        {
+            // Full means a checkpoint is already asked for.
+            let _ = checkpoint.try_send(());
+        }
+    }
+}
+
+/// The checkpoint thread: copies the WAL back into the database when asked
+/// (see [`Committer::checkpoint`]). Returns once it is no longer asked.
+pub(crate) fn checkpoint_loop(committer: Arc<Committer>, asked: mpsc::Receiver<()>) {
+    while asked.recv().is_ok() {
+        committer.checkpoint();
+    }
+    log::debug!("history checkpoint thread stopped");
 }
 
 fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, keep: u32) {
