@@ -320,6 +320,8 @@ fn configure(conn: &Connection, options: &HistoryOptions) -> rusqlite::Result<()
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Every write and read statement stays prepared.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError, mpsc};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
@@ -99,7 +99,7 @@ impl Committer {
     /// leads.
     pub(crate) fn drive(&self) {
         loop {
-            let mut conn = match self.conn.try_lock() {
+            let conn = match self.conn.try_lock() {
                 Ok(conn) => conn,
                 Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
                 Err(TryLockError::WouldBlock) => return,
@@ -109,7 +109,7 @@ impl Committer {
                 if batch.is_empty() {
                     break;
                 }
-                commit_batch(&mut conn, &mut batch, self.keep);
+                commit_batch(&conn, &mut batch, self.keep);
                 self.committed();
             }
             drop(conn);
@@ -178,31 +178,42 @@ pub(crate) fn checkpoint_loop(committer: Arc<Committer>, asked: mpsc::Receiver<(
     log::debug!("history checkpoint thread stopped");
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, keep: u32) {
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            log::error!("failed to begin history write batch: {e}");
-            fail_all(batch.drain(..), e);
-            return;
-        }
-    };
+/// Runs a transaction-control statement from the statement cache (parsing
+/// `SAVEPOINT`/`RELEASE` for every write was a good part of a commit's cost).
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+fn commit_batch(conn: &Connection, batch: &mut Vec<Command>, keep: u32) {
+    if !conn.is_autocommit() {
+        // A transaction left open by an earlier failure: end it first.
+        let _ = control(conn, "ROLLBACK");
+    }
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+        log::error!("failed to begin history write batch: {e}");
+        fail_all(batch.drain(..), e);
+        return;
+    }
     let mut outcomes = Vec::with_capacity(batch.len());
     for command in batch.drain(..) {
-        let outcome = match tx.savepoint() {
-            Ok(sp) => {
-                let result = apply(&sp, &command.op, keep);
-                match result {
-                    Ok(n) => sp.commit().map(|()| n).map_err(write_err),
-                    // Dropping the savepoint rolls this command back.
-                    Err(e) => Err(e),
+        // Each write in a savepoint of its own: a failing one is undone alone.
+        let outcome = match control(conn, "SAVEPOINT write") {
+            Ok(()) => match apply(conn, &command.op, keep) {
+                Ok(n) => control(conn, "RELEASE write").map(|()| n).map_err(write_err),
+                Err(e) => {
+                    if let Err(undo) = control(conn, "ROLLBACK TO write")
+                        .and_then(|()| control(conn, "RELEASE write"))
+                    {
+                        log::error!("failed to undo a failed history write: {undo}");
+                    }
+                    Err(e)
                 }
-            }
+            },
             Err(e) => Err(write_err(e)),
         };
         outcomes.push((command.reply, outcome));
     }
-    match tx.commit() {
+    match control(conn, "COMMIT") {
         Ok(()) => {
             for (reply, outcome) in outcomes {
                 // The caller may have stopped waiting; its write is committed anyway.
@@ -211,6 +222,9 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, keep: u32) {
         }
         Err(e) => {
             log::error!("failed to commit history write batch of {}: {e}", outcomes.len());
+            if !conn.is_autocommit() {
+                let _ = control(conn, "ROLLBACK");
+            }
             let source = Arc::new(e);
             for (reply, _) in outcomes {
                 let _ = reply.send(Err(Error::Write { source: Arc::clone(&source) }));
