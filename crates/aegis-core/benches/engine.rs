@@ -261,6 +261,6 @@ fn main() {
     if std::env::var_os("AEGIS_BENCH_SKIP_THROUGHPUT").is_none() {
         runtime.block_on(throughput());
     }
-    runtime.block_on(overhead());
+    runtime.block_on(async { tokio::spawn(overhead()).await.expect("overhead") });
     println!("load average after: {}", load_average());
 }

@@ -8,7 +8,9 @@
 //! history (the run finishes or pauses), the engine serves the data from
 //! memory, from the moment its `artifact.created` event is published. Files
 //! that steps write themselves (`command`'s `.stdout.txt`, `write_artifact`)
-//! stay files in the run's folder.
+//! stay files in the run's folder, as does `events.jsonl`, which the engine
+//! writes behind the run: listing or reading the artifacts writes out its
+//! pending lines first, so it is always listed and complete.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -18,6 +20,7 @@ use aegis_history::{RunDetail, RunId};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::event::EVENTS_FILE;
 
 /// One artifact of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,11 +114,19 @@ impl Engine {
         let mut data = step_data(&detail);
         data.extend(self.inner().live.of(run_id));
         let dir = self.run_dir(run_id);
+        // `events.jsonl` is written behind the run: write out its pending
+        // lines first, so that it is listed, at its full size.
+        let live = self.inner().live_events_log(run_id);
         let listed = {
             let owned = dir.clone();
-            tokio::task::spawn_blocking(move || files(&owned))
-                .await
-                .map_err(|e| Error::io(&dir, std::io::Error::other(e)))?
+            tokio::task::spawn_blocking(move || {
+                if let Some(log) = live {
+                    log.sync();
+                }
+                files(&owned)
+            })
+            .await
+            .map_err(|e| Error::io(&dir, std::io::Error::other(e)))?
         };
         let on_disk = listed.map_err(|e| Error::io(&dir, e))?;
         let mut out: BTreeMap<String, u64> =
@@ -138,11 +149,18 @@ impl Engine {
             return Ok(Some(bytes.to_vec()));
         }
         let path = self.run_dir(run_id).join(name);
+        // `events.jsonl` is written behind the run: complete it first.
+        let live = self.inner().live_events_log(run_id).filter(|_| name == EVENTS_FILE);
         let read = {
             let owned = path.clone();
-            tokio::task::spawn_blocking(move || std::fs::read(owned))
-                .await
-                .map_err(|e| Error::io(&path, std::io::Error::other(e)))?
+            tokio::task::spawn_blocking(move || {
+                if let Some(log) = live {
+                    log.sync();
+                }
+                std::fs::read(owned)
+            })
+            .await
+            .map_err(|e| Error::io(&path, std::io::Error::other(e)))?
         };
         match read {
             Ok(bytes) => Ok(Some(bytes)),

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::event::{
-    Event, EventBus, EventData, RunCancelled, RunEvents, RunInterrupted, RunQueued, Subscription,
-    WorkflowCompleted,
+    EVENTS_FILE, Event, EventBus, EventData, EventLogs, RunCancelled, RunEvents, RunInterrupted,
+    RunLog, RunQueued, Subscription, WorkflowCompleted, read_events,
 };
 use crate::health::{ServiceHealth, check_services};
 use crate::recorder::Recorder;
@@ -133,8 +133,11 @@ impl EngineBuilder {
                 w.concurrency().map(|n| (w.key().to_owned(), Arc::new(Semaphore::new(n.max(1)))))
             })
             .collect();
+        let runs_dir = self.config.data_dir().join("runs");
+        let logs = EventLogs::start().map_err(|e| Error::io(&runs_dir, e))?;
         let inner = Inner {
-            runs_dir: self.config.data_dir().join("runs"),
+            runs_dir,
+            logs,
             bus: Arc::new(EventBus::new(self.bus_capacity, self.config.event_log_size())),
             global: Arc::new(Semaphore::new(server.max_concurrent_runs().max(1))),
             max_queued: server.max_queued_runs(),
@@ -171,6 +174,8 @@ pub(crate) struct Inner {
     /// Step data not yet in history, served as `<step_id>.json` meanwhile.
     pub(crate) live: crate::artifact::LiveArtifacts,
     runs_dir: PathBuf,
+    /// The runs' `events.jsonl` files, written behind the runs by one thread.
+    logs: EventLogs,
     global: Arc<Semaphore>,
     workflow_limits: HashMap<String, Arc<Semaphore>>,
     max_queued: usize,
@@ -194,6 +199,48 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) fn run_dir(&self, run_id: &RunId) -> PathBuf {
         self.runs_dir.join(run_id.as_str())
+    }
+
+    /// The events of a run just created: no file I/O, `seq` from 0.
+    pub(crate) fn create_events(
+        &self,
+        run_id: &RunId,
+        workflow: &str,
+        request_id: Option<String>,
+    ) -> RunEvents {
+        RunEvents::create(
+            &self.logs,
+            &self.run_dir(run_id),
+            run_id.as_str(),
+            workflow,
+            request_id,
+            Arc::clone(&self.bus),
+        )
+    }
+
+    /// The events of an existing run, continuing after its last `seq` (from
+    /// memory when its log is alive in this process, else from its file).
+    pub(crate) fn open_events(
+        &self,
+        run_id: &RunId,
+        workflow: &str,
+        request_id: Option<String>,
+    ) -> RunEvents {
+        RunEvents::open(
+            &self.logs,
+            &self.run_dir(run_id),
+            run_id.as_str(),
+            workflow,
+            request_id,
+            Arc::clone(&self.bus),
+        )
+    }
+
+    /// A run's `events.jsonl` log, when it is alive in this process; when it
+    /// is not, the file holds every event. Its `sync` blocks on file I/O:
+    /// call it off the async threads.
+    pub(crate) fn live_events_log(&self, run_id: &RunId) -> Option<Arc<RunLog>> {
+        self.logs.live(run_id.as_str())
     }
 
     /// Forgets a run that reached a final status or paused at a gate, so that
@@ -316,8 +363,41 @@ impl Engine {
     }
 
     /// The folder of a run's events and artifacts, `data_dir/runs/<run_id>/`.
+    ///
+    /// Its `events.jsonl` is written behind the run, within milliseconds; read
+    /// a run's events with [`Engine::run_events`], or call
+    /// [`Engine::sync_events`] before reading the file.
     pub fn run_dir(&self, run_id: &RunId) -> PathBuf {
         self.inner.run_dir(run_id)
+    }
+
+    /// A run's events with `seq > after`, in order, as in its `events.jsonl`:
+    /// every event emitted before the call is included (the run's lines not
+    /// yet written behind it are written out first). Lines that do not parse
+    /// (a write cut short by a crash) are skipped with a warning. Empty when
+    /// the run has no events.
+    pub async fn run_events(&self, run_id: &RunId, after: u64) -> Result<Vec<Event>> {
+        let live = self.inner.live_events_log(run_id);
+        let path = self.inner.run_dir(run_id).join(EVENTS_FILE);
+        let owned = path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            if let Some(log) = live {
+                log.sync();
+            }
+            read_events(&owned, after)
+        })
+        .await
+        .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
+        read.map_err(|e| Error::io(&path, e))
+    }
+
+    /// Writes out every run's event lines not yet in its `events.jsonl`, so
+    /// that the files hold every event emitted before the call. The engine
+    /// does this behind the runs anyway, within milliseconds, and
+    /// [`Engine::shutdown`] ends with it. Blocks on file I/O: from async code,
+    /// call it in `spawn_blocking`.
+    pub fn sync_events(&self) {
+        self.inner.logs.sync_all();
     }
 
     /// Checks every configured service's health concurrently.
@@ -343,13 +423,7 @@ impl Engine {
             created_at: jiff::Timestamp::now(),
         };
         self.inner.history.create_run(&run).await?;
-        let events = Arc::new(RunEvents::open(
-            &self.inner.run_dir(&run.id),
-            run.id.as_str(),
-            workflow,
-            options.request_id,
-            Arc::clone(&self.inner.bus),
-        )?);
+        let events = Arc::new(self.inner.create_events(&run.id, workflow, options.request_id));
         events.emit(EventData::RunQueued(RunQueued { trigger: run.trigger.as_str().to_owned() }));
         log::debug!("run_id={}: queued for workflow {workflow}", run.id);
         Ok(self.spawn(run.id, workflow.to_owned(), run.trigger, events, admission, None))
@@ -380,7 +454,8 @@ impl Engine {
     /// Stops the engine for a process shutdown: refuses new runs, gives the runs in
     /// progress up to `grace` to finish, then stops the rest, recording them
     /// `interrupted` (with a `run.interrupted` event); runs still queued stay queued
-    /// in history so that [`Engine::recover`] runs them at the next start.
+    /// in history so that [`Engine::recover`] runs them at the next start. Ends by
+    /// writing out every run's pending `events.jsonl` lines ([`Engine::sync_events`]).
     pub async fn shutdown(&self, grace: Duration) -> Result<Shutdown> {
         self.inner.closing.store(true, Ordering::Release);
         let before = self.inner.active().len();
@@ -404,6 +479,11 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let stopped: Vec<RunId> = remaining.into_iter().map(|(id, _)| id).collect();
+        // Every run's events.jsonl holds every event emitted so far.
+        let engine = self.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || engine.sync_events()).await {
+            log::error!("cannot write out the runs' events.jsonl: {err}");
+        }
         Ok(Shutdown { finished: before.saturating_sub(stopped.len()), stopped })
     }
 
@@ -419,13 +499,8 @@ impl Engine {
             recovery.interrupted.push(run.id);
         }
         for run in unfinished.queued {
-            let events = Arc::new(RunEvents::open(
-                &self.inner.run_dir(&run.id),
-                run.id.as_str(),
-                &run.workflow,
-                run.request_id.clone(),
-                Arc::clone(&self.inner.bus),
-            )?);
+            let events =
+                Arc::new(self.inner.open_events(&run.id, &run.workflow, run.request_id.clone()));
             if !self.inner.config.workflows().contains_key(&run.workflow) {
                 let reason = format!("workflow {:?} no longer exists", run.workflow);
                 self.end_unstarted(&run.id, &events, RunStatus::Interrupted, &reason).await?;
@@ -458,13 +533,7 @@ impl Engine {
     }
 
     async fn interrupt(&self, run: &RunRecord) -> Result<()> {
-        let events = RunEvents::open(
-            &self.inner.run_dir(&run.id),
-            run.id.as_str(),
-            &run.workflow,
-            run.request_id.clone(),
-            Arc::clone(&self.inner.bus),
-        )?;
+        let events = self.inner.open_events(&run.id, &run.workflow, run.request_id.clone());
         let now = jiff::Timestamp::now();
         let mut step_id = None;
         if let Some(detail) = self.inner.history.get_run(&run.id).await? {
@@ -684,7 +753,7 @@ async fn drive(
         }
     };
     let exec = RunExec {
-        recorder: Recorder::spawn(Arc::clone(&inner.history), run_id.clone()),
+        recorder: Recorder::new(Arc::clone(&inner.history), run_id.clone()),
         inner: Arc::clone(&inner),
         run_id,
         workflow,

@@ -184,7 +184,7 @@ impl Engine {
             error: Some("cancelled".to_owned()),
         };
         inner.history.update_run(run_id, &update).await?;
-        let events = self.open_events(&detail, request_id)?;
+        let events = self.open_events(&detail, request_id);
         events.emit(EventData::RunCancelled(RunCancelled { step_id: gate_id }));
         let total =
             self.config().workflows().get(&detail.run.workflow).map_or(0, |w| w.steps().len());
@@ -332,14 +332,13 @@ impl Engine {
         }
     }
 
-    fn open_events(&self, detail: &RunDetail, request_id: Option<String>) -> Result<RunEvents> {
-        let inner = self.inner();
-        RunEvents::open(
-            &inner.run_dir(&detail.run.id),
-            detail.run.id.as_str(),
+    /// The run's events, continuing its `seq` (from memory when the run's log
+    /// is still alive in this process, else from its `events.jsonl`).
+    fn open_events(&self, detail: &RunDetail, request_id: Option<String>) -> RunEvents {
+        self.inner().open_events(
+            &detail.run.id,
             &detail.run.workflow,
             request_id.or_else(|| detail.run.request_id.clone()),
-            Arc::clone(&inner.bus),
         )
     }
 
@@ -357,7 +356,7 @@ impl Engine {
     ) -> Result<GateOutcome> {
         let inner = Arc::clone(self.inner());
         let run_id = detail.run.id.clone();
-        let events = Arc::new(self.open_events(&detail, request_id)?);
+        let events = Arc::new(self.open_events(&detail, request_id));
         let mut steps = detail.steps;
         if decision.patch.is_some()
             && let (Some(artifact), Some(after)) = (gate.artifact(), &decision.artifact_after)

@@ -42,7 +42,7 @@
 //! assert!(summary.succeeded());
 //! assert_eq!(summary.step("greet").map(|s| s.data.clone()), Some(json!({ "hello": "world" })));
 //! // Every run's events start with `run.queued`, seq 1, and are also in
-//! // data_dir/runs/<run_id>/events.jsonl.
+//! // data_dir/runs/<run_id>/events.jsonl (see `Engine::run_events`).
 //! if let Some(Received::Event(event)) = events.recv().await {
 //!     assert_eq!((event.event_type.as_str(), event.seq), ("run.queued", 1));
 //! }
@@ -85,9 +85,15 @@
 //!   it `rejected`. A gate with a `timeout` is decided by its `on_timeout` at the
 //!   deadline, by `timeout`; timers are re-armed from the stored deadline by
 //!   [`Engine::recover`], which decides deadlines that passed meanwhile.
-//! * **Events** have a per-run `seq` from 1, are appended to
-//!   `data_dir/runs/<run_id>/events.jsonl` before they are published on the
-//!   bus, and are the same in both. Publishing never waits for a subscriber.
+//! * **Events** have a per-run `seq` from 1, are published on the bus and
+//!   appended to `data_dir/runs/<run_id>/events.jsonl` in the same order, and
+//!   are the same in both. Publishing never waits for a subscriber, and a run
+//!   never waits for the file: one engine thread writes the runs' logs behind
+//!   them, within milliseconds. [`Engine::run_events`] and the artifact
+//!   listing always see every event emitted; [`Engine::sync_events`] writes
+//!   out every run's pending lines (and [`Engine::shutdown`] ends with it). A
+//!   `kill -9` can lose the last few milliseconds of a run's lines (they were
+//!   published); recovery continues `seq` after the last line in the file.
 //! * **Artifacts.** Each step's data is written to `<step_id>.json` in the
 //!   run's folder; `command` adds `<step_id>.stdout.txt` and `.stderr.txt`.
 //! * **Recovery.** [`Engine::recover`] marks runs left `running` as

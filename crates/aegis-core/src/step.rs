@@ -199,7 +199,10 @@ impl StepContext {
         &self.client
     }
 
-    /// The run's folder, `data_dir/runs/<run_id>/`.
+    /// The run's folder, `data_dir/runs/<run_id>/`. It may not exist yet (the
+    /// engine creates it when it first writes the run's `events.jsonl`, behind
+    /// the run): create it before writing into it, or use
+    /// [`StepContext::write_artifact`], which does.
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
     }
@@ -211,9 +214,18 @@ impl StepContext {
             return Err(StepError::new(format!("invalid artifact name {name:?}")));
         }
         let path = self.run_dir.join(name);
-        tokio::fs::write(&path, contents).await.map_err(|err| {
+        let cannot = |err: std::io::Error| {
             StepError::new(format!("cannot write artifact {}: {err}", path.display()))
-        })?;
+        };
+        match tokio::fs::write(&path, contents).await {
+            Ok(()) => {}
+            // The run's folder is created lazily (see `run_dir`).
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                tokio::fs::create_dir_all(&self.run_dir).await.map_err(cannot)?;
+                tokio::fs::write(&path, contents).await.map_err(cannot)?;
+            }
+            Err(err) => return Err(cannot(err)),
+        }
         let mut artifacts = match self.artifacts.lock() {
             Ok(a) => a,
             Err(poisoned) => poisoned.into_inner(),

@@ -1,12 +1,11 @@
 //! Events: polling a run's log, recent events, and server-sent event streams.
 //!
-//! A run's stream replays `events.jsonl` from the client's position, then follows the
-//! in-process bus. The subscription is taken before the file is read and events are
-//! sent in `seq` order only, so resuming with `Last-Event-ID` has no gap and no repeat;
-//! when the subscriber lags, the missed events are read back from the file.
+//! A run's stream replays the run's log (`Engine::run_events`, which always holds every
+//! event emitted so far) from the client's position, then follows the in-process bus.
+//! The subscription is taken before the log is read and events are sent in `seq` order
+//! only, so resuming with `Last-Event-ID` has no gap and no repeat; when the subscriber
+//! lags, the missed events are read back from the log.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,27 +53,16 @@ fn parse_seq(name: &str, value: Option<&str>) -> Result<u64> {
     }
 }
 
-/// Reads a run's events with `seq > after` from its `events.jsonl`. Lines that do not
-/// parse (a write cut short by a crash) are skipped.
-fn read_log(path: &Path, after: u64) -> Result<Vec<Event>> {
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+/// A run's events with `seq > after`; a failure to read them is logged and ends the
+/// replay (the stream then goes on from the bus).
+async fn read_log(engine: &Engine, run_id: &RunId, after: u64) -> Vec<Event> {
+    match engine.run_events(run_id, after).await {
+        Ok(events) => events,
         Err(err) => {
-            return Err(ApiError::Internal(format!("cannot read {}: {err}", path.display())));
-        }
-    };
-    let mut events = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line
-            .map_err(|err| ApiError::Internal(format!("cannot read {}: {err}", path.display())))?;
-        if let Ok(event) = serde_json::from_str::<Event>(&line)
-            && event.seq > after
-        {
-            events.push(event);
+            log::error!("run_id={run_id}: cannot read the run's events: {err}");
+            Vec::new()
         }
     }
-    Ok(events)
 }
 
 async fn known_run(state: &AppState, id: &str) -> Result<RunId> {
@@ -98,10 +86,7 @@ pub(crate) async fn poll(
     require(&req, &state, Access::Read)?;
     let after = parse_seq("after", query.after.as_deref())?;
     let run_id = known_run(&state, &id).await?;
-    let path = state.engine().run_dir(&run_id).join("events.jsonl");
-    let events = web::block(move || read_log(&path, after))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let events = state.engine().run_events(&run_id, after).await?;
     let last = events.last().map_or(after, |e| e.seq);
     Ok(HttpResponse::Ok().json(serde_json::json!({ "events": events, "last_seq": last })))
 }
@@ -181,12 +166,11 @@ fn frames_after(events: Vec<Event>, last: &mut u64) -> (Vec<Bytes>, bool) {
 
 /// Follows one run: replays from `Last-Event-ID` (or `?after=`), then streams live.
 async fn follow_run(engine: Engine, run_id: RunId, mut last: u64, tx: mpsc::Sender<Bytes>) {
-    // Subscribe before reading the file: anything published meanwhile is in one of them.
+    // Subscribe before reading the log: anything published meanwhile is in one of them.
     let mut sub = engine.subscribe();
-    let path = engine.run_dir(&run_id).join("events.jsonl");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
-    let backlog = read_log(&path, last).unwrap_or_default();
+    let backlog = read_log(&engine, &run_id, last).await;
     let (frames, mut done) = frames_after(backlog, &mut last);
     for bytes in frames {
         if tx.send(bytes).await.is_err() {
@@ -197,8 +181,8 @@ async fn follow_run(engine: Engine, run_id: RunId, mut last: u64, tx: mpsc::Send
         tokio::select! {
             received = sub.recv() => match received {
                 Some(Received::Event(event)) if event.run_id == run_id.as_str() && event.seq > last => {
-                    // Events arrive in seq order; a jump means the file has what came between.
-                    let events = if event.seq == last + 1 { vec![(*event).clone()] } else { read_log(&path, last).unwrap_or_default() };
+                    // Events arrive in seq order; a jump means the log has what came between.
+                    let events = if event.seq == last + 1 { vec![(*event).clone()] } else { read_log(&engine, &run_id, last).await };
                     let (frames, finished) = frames_after(events, &mut last);
                     done = finished;
                     for bytes in frames {
@@ -208,7 +192,7 @@ async fn follow_run(engine: Engine, run_id: RunId, mut last: u64, tx: mpsc::Send
                     }
                 }
                 Some(Received::Lagged(_)) => {
-                    let (frames, finished) = frames_after(read_log(&path, last).unwrap_or_default(), &mut last);
+                    let (frames, finished) = frames_after(read_log(&engine, &run_id, last).await, &mut last);
                     done = finished;
                     for bytes in frames {
                         if tx.send(bytes).await.is_err() {

@@ -18,8 +18,11 @@ impl Env {
         self.engine.run(workflow, RunOptions::new(Trigger::Cli)).await.expect("run")
     }
 
-    /// The events of a run as written to its `events.jsonl`.
+    /// The events of a run as written to its `events.jsonl`; every line must
+    /// be a whole event.
     pub(crate) fn events(&self, run_id: &str) -> Vec<Event> {
+        // The file is written behind the run: write out what is pending first.
+        self.engine.sync_events();
         let path = self.dir.path().join("data/runs").join(run_id).join("events.jsonl");
         let text = std::fs::read_to_string(&path).expect("events.jsonl");
         text.lines().map(|l| serde_json::from_str(l).expect("event json")).collect()

@@ -62,6 +62,17 @@ workflows:
         let seqs: Vec<u64> = file.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=file.len() as u64).collect::<Vec<_>>());
         assert_eq!(from_bus.get(id), Some(&file), "bus and file agree for {id}");
+        let run_id = aegis_history::RunId::new(id.as_str());
+        assert_eq!(env.engine.run_events(&run_id, 0).await.expect("run_events"), file);
+        let after: Vec<u64> = env
+            .engine
+            .run_events(&run_id, 2)
+            .await
+            .expect("run_events")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(after, (3..=file.len() as u64).collect::<Vec<_>>());
         let types: Vec<String> = file.iter().map(|e| e.event_type.clone()).collect();
         assert_eq!(types.first().map(String::as_str), Some("run.queued"));
         assert_eq!(types.last().map(String::as_str), Some("workflow.completed"));
@@ -84,6 +95,33 @@ workflows:
     ] {
         assert!(all_types.iter().any(|t| t == expected), "{expected} in {all_types:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_events_and_artifacts_see_every_event_at_once() {
+    let env = env("workflows:\n  w:\n    steps:\n      - { type: report }\n");
+    for _ in 0..20 {
+        let run = env.engine.run("w", RunOptions::new(Trigger::Api)).await.expect("run");
+        let run_id = aegis_history::RunId::new(run.run_id.as_str());
+        // No sync_events: the engine writes out what the writer thread has not yet.
+        let events = env.engine.run_events(&run_id, 0).await.expect("run_events");
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types.first(), Some(&"run.queued"));
+        assert_eq!(types.last(), Some(&"workflow.completed"));
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+    }
+    let run = env.engine.run("w", RunOptions::new(Trigger::Api)).await.expect("run");
+    let run_id = aegis_history::RunId::new(run.run_id.as_str());
+    let listed = env.engine.artifacts(&run_id).await.expect("artifacts").expect("run");
+    let log = listed.iter().find(|a| a.name == "events.jsonl").expect("events.jsonl is listed");
+    let bytes = env.engine.artifact(&run_id, "events.jsonl").await.expect("read").expect("log");
+    assert_eq!(log.size, bytes.len() as u64);
+    let text = String::from_utf8(bytes).expect("utf-8");
+    assert!(text.lines().last().is_some_and(|l| l.contains("workflow.completed")));
+    // An unknown run has no events.
+    let none = env.engine.run_events(&aegis_history::RunId::new("nope"), 0).await.expect("read");
+    assert!(none.is_empty());
 }
 
 #[test]

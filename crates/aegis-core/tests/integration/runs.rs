@@ -68,6 +68,8 @@ async fn recovery_interrupts_running_runs_and_restarts_queued_ones() {
     let interrupted = history.get_run(&RunId::new("running-1")).await.expect("get").expect("run");
     assert_eq!(interrupted.run.status, RunStatus::Interrupted);
     assert_eq!(interrupted.steps[0].status, StepStatus::Failed);
+    // events.jsonl is written behind the run: write out what is pending first.
+    engine.sync_events();
     let lines = std::fs::read_to_string(old_dir.join("events.jsonl")).expect("events");
     let events: Vec<serde_json::Value> =
         lines.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
