@@ -225,11 +225,9 @@ async fn overhead() {
 /// (`AEGIS_BENCH_TRACE=1`), to see where a run's time goes.
 async fn trace_last_run(engine: &Engine) {
     let Some(run) = engine.history().recent(1).await.expect("recent").pop() else { return };
-    let path = engine.run_dir(&run.id).join("events.jsonl");
-    let text = std::fs::read_to_string(path).expect("events");
+    let events = engine.run_events(&run.id, 0).await.expect("events");
     let mut last: Option<jiff::Timestamp> = None;
-    for line in text.lines() {
-        let event: aegis_core::Event = serde_json::from_str(line).expect("event");
+    for event in events {
         let gap = last.map_or(0, |l| event.time.duration_since(l).as_micros());
         let step = event.data.get("step_id").map(ToString::to_string).unwrap_or_default();
         println!("  +{gap:>6} us {} {step}", event.event_type);

@@ -210,7 +210,8 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
             text.len()
         );
-        let written = stream.write_all(response.as_bytes()).await;
+        // Recorded (and no longer in flight) before the client can read the
+        // answer: a caller that got its response always finds its request.
         state.in_flight.fetch_sub(1, Ordering::AcqRel);
         if recording {
             lock(&state.requests).push(RecordedRequest {
@@ -222,6 +223,7 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
                 finished: Instant::now(),
             });
         }
+        let written = stream.write_all(response.as_bytes()).await;
         if written.is_err() {
             return;
         }
