@@ -21,7 +21,7 @@ use crate::event::{
     RunLog, RunQueued, Subscription, WorkflowCompleted, read_events,
 };
 use crate::health::{ServiceHealth, check_services};
-use crate::recorder::Recorder;
+use crate::recorder::{Progress, Recorder};
 use crate::run::{RunExec, RunSummary, counts, millis};
 use crate::step::{Step, StepRegistry};
 
@@ -149,6 +149,7 @@ impl EngineBuilder {
             closing: AtomicBool::new(false),
             interrupting: AtomicBool::new(false),
             live: crate::artifact::LiveArtifacts::default(),
+            progress: Progress::default(),
             history: self.history,
             registry: self.registry,
             client,
@@ -173,6 +174,8 @@ pub(crate) struct Inner {
     pub(crate) bus: Arc<EventBus>,
     /// Step data not yet in history, served as `<step_id>.json` meanwhile.
     pub(crate) live: crate::artifact::LiveArtifacts,
+    /// Writes the runs' progress to history behind them.
+    pub(crate) progress: Progress,
     runs_dir: PathBuf,
     /// The runs' `events.jsonl` files, written behind the runs by one thread.
     logs: EventLogs,
@@ -753,7 +756,7 @@ async fn drive(
         }
     };
     let exec = RunExec {
-        recorder: Recorder::new(Arc::clone(&inner.history), run_id.clone()),
+        recorder: Recorder::new(Arc::clone(&inner.history), run_id.clone(), &inner.progress),
         inner: Arc::clone(&inner),
         run_id,
         workflow,

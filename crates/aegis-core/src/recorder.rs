@@ -1,26 +1,30 @@
 //! Write-behind recording of a run in history.
 //!
 //! The engine does not wait for each history write. A write is queued on the
-//! run's recorder, and the first write queued after a flush schedules a
-//! flush task [`WRITE_BEHIND`] later; that task takes every write queued by
-//! then, keeps only the latest of each record (one run update, one record
-//! per step execution, one per gate) and hands them to history as one batch,
-//! which the SQLite backend commits as one transaction. A record therefore
-//! never goes back to an older state, history lags a run's progress by at
-//! most [`WRITE_BEHIND`] (plus the commit), and a run that takes less than
-//! that costs one commit, not one per step. [`Recorder::flush`] writes
-//! whatever is still queued and returns once everything recorded is in
-//! history; the engine flushes before it reports a run as finished or
-//! waiting, so a returned summary is always durable.
+//! run's [`Recorder`]; the first one queued after a flush hands the recorder
+//! to the engine's [`Progress`] writer, one task per engine which, at most
+//! [`WRITE_BEHIND`] later, takes the queue of every run handed to it, keeps
+//! only the latest of each record (one run update, one record per step
+//! execution, one per gate) and gives them to history as one batch, which
+//! the SQLite backend commits as one transaction. A record therefore never
+//! goes back to an older state, history lags a run's progress by at most
+//! [`WRITE_BEHIND`] (plus the commit), a run shorter than that costs one
+//! commit, and concurrent runs share their progress commits. Runs spawn no
+//! task and set no timer of their own for it.
+//!
+//! [`Recorder::flush`] writes whatever is still queued and returns once
+//! everything recorded is in history; the engine flushes before it reports a
+//! run as finished or waiting, so a returned summary is always durable.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use aegis_history::{HistoryBackend, PendingGate, RunId, RunUpdate, StepRecord};
+use tokio::sync::Notify;
 
 /// How long a queued write may wait for others before it is written.
-pub(crate) const WRITE_BEHIND: Duration = Duration::from_millis(10);
+pub(crate) const WRITE_BEHIND: Duration = Duration::from_millis(50);
 
 /// One history write.
 #[derive(Debug)]
@@ -30,10 +34,89 @@ pub(crate) enum Write {
     Gate(PendingGate),
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The engine's writer of runs' progress: recorders with queued writes wait
+/// here for the next batch.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    state: Arc<ProgressState>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    due: Mutex<Due>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Due {
+    recorders: Vec<Arc<Shared>>,
+    /// The writer task runs (it is started by the first run that needs it,
+    /// on that run's runtime).
+    started: bool,
+}
+
+impl ProgressState {
+    fn hand_over(self: &Arc<Self>, recorder: Arc<Shared>) {
+        let (first, start) = {
+            let mut due = lock(&self.due);
+            due.recorders.push(recorder);
+            let start = !std::mem::replace(&mut due.started, true);
+            (due.recorders.len() == 1, start)
+        };
+        if start {
+            tokio::spawn(write_progress(Arc::downgrade(self)));
+        }
+        if first {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The progress writer: waits for a recorder to be handed over, lets
+/// [`WRITE_BEHIND`] pass, then writes every handed-over queue in one batch.
+/// Ends once the engine is gone.
+async fn write_progress(state: Weak<ProgressState>) {
+    loop {
+        let Some(progress) = state.upgrade() else { return };
+        // `notify_one` stores a permit when nobody waits: none is lost.
+        progress.wake.notified().await;
+        drop(progress);
+        tokio::time::sleep(WRITE_BEHIND).await;
+        let Some(progress) = state.upgrade() else { return };
+        let recorders = std::mem::take(&mut lock(&progress.due).recorders);
+        drop(progress);
+        write_together(&recorders).await;
+    }
+}
+
+/// Writes the queues of several runs as one batch. A run that is writing
+/// its own queue right now (its final flush) is left to it.
+async fn write_together(recorders: &[Arc<Shared>]) {
+    let Some(history) = recorders.first().map(|r| Arc::clone(&r.history)) else { return };
+    let mut guards = Vec::with_capacity(recorders.len());
+    let mut batch = Vec::new();
+    for recorder in recorders {
+        let Ok(guard) = recorder.writing.try_lock() else { continue };
+        batch.extend(recorder.take());
+        guards.push(guard);
+    }
+    if batch.is_empty() {
+        return;
+    }
+    for err in history.write_batch(batch).await.into_iter().filter_map(Result::err) {
+        log::error!("cannot record runs' progress in history: {err}");
+    }
+}
+
 /// The per-run writer.
 #[derive(Debug, Clone)]
 pub(crate) struct Recorder {
     shared: Arc<Shared>,
+    progress: Arc<ProgressState>,
 }
 
 #[derive(Debug)]
@@ -41,7 +124,7 @@ struct Shared {
     history: Arc<dyn HistoryBackend>,
     run_id: RunId,
     queued: Mutex<Queued>,
-    /// Held while a batch is taken from the queue and written, so batches
+    /// Held while a queue is taken and written, so that the writes of a run
     /// reach history in the order they were taken.
     writing: tokio::sync::Mutex<()>,
 }
@@ -49,63 +132,60 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Queued {
     writes: Vec<Write>,
-    /// A flush task is scheduled and has not yet taken the queue.
-    scheduled: bool,
+    /// Handed over to the progress writer and not yet taken.
+    due: bool,
 }
 
 impl Recorder {
-    pub(crate) fn new(history: Arc<dyn HistoryBackend>, run_id: RunId) -> Self {
+    pub(crate) fn new(
+        history: Arc<dyn HistoryBackend>,
+        run_id: RunId,
+        progress: &Progress,
+    ) -> Self {
         let shared = Shared {
             history,
             run_id,
             queued: Mutex::new(Queued::default()),
             writing: tokio::sync::Mutex::new(()),
         };
-        Self { shared: Arc::new(shared) }
+        Self { shared: Arc::new(shared), progress: Arc::clone(&progress.state) }
     }
 
     /// Queues a write; never waits.
     pub(crate) fn record(&self, write: Write) {
-        let schedule = {
-            let mut queued = self.shared.queued();
+        let hand_over = {
+            let mut queued = lock(&self.shared.queued);
             queued.writes.push(write);
-            !std::mem::replace(&mut queued.scheduled, true)
+            !std::mem::replace(&mut queued.due, true)
         };
-        if schedule {
-            let shared = Arc::clone(&self.shared);
-            tokio::spawn(async move {
-                tokio::time::sleep(WRITE_BEHIND).await;
-                shared.write_queued().await;
-            });
+        if hand_over {
+            self.progress.hand_over(Arc::clone(&self.shared));
         }
     }
 
     /// Writes everything queued and waits until it is in history.
     pub(crate) async fn flush(self) {
-        self.shared.write_queued().await;
+        let _writing = self.shared.writing.lock().await;
+        let batch = self.shared.take();
+        if batch.is_empty() {
+            return;
+        }
+        let results = self.shared.history.write_batch(batch).await;
+        for err in results.into_iter().filter_map(Result::err) {
+            log::error!("run_id={}: cannot record the run in history: {err}", self.shared.run_id);
+        }
     }
 }
 
 impl Shared {
-    fn queued(&self) -> std::sync::MutexGuard<'_, Queued> {
-        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    async fn write_queued(&self) {
-        let _writing = self.writing.lock().await;
+    /// Takes the queued writes as one coalesced batch (hold `writing`).
+    fn take(&self) -> Vec<aegis_history::Write> {
         let writes = {
-            let mut queued = self.queued();
-            queued.scheduled = false;
+            let mut queued = lock(&self.queued);
+            queued.due = false;
             std::mem::take(&mut queued.writes)
         };
-        if writes.is_empty() {
-            return;
-        }
-        let batch = coalesce(&self.run_id, writes);
-        let results = self.history.write_batch(&batch).await;
-        for err in results.into_iter().filter_map(Result::err) {
-            log::error!("run_id={}: cannot record the run in history: {err}", self.run_id);
-        }
+        if writes.is_empty() { Vec::new() } else { coalesce(&self.run_id, writes) }
     }
 }
 

@@ -49,14 +49,14 @@ pub trait HistoryBackend: Send + Sync + std::fmt::Debug {
     /// transaction), so that a reader never sees, say, a run `waiting`
     /// without its pending gate. A write that fails is rolled back alone and
     /// reported; the others still apply. The default applies them one by one.
-    async fn write_batch(&self, writes: &[Write]) -> Vec<Result<()>> {
+    async fn write_batch(&self, writes: Vec<Write>) -> Vec<Result<()>> {
         let mut results = Vec::with_capacity(writes.len());
         for write in writes {
             results.push(match write {
-                Write::CreateRun(run) => self.create_run(run).await,
-                Write::UpdateRun(run_id, update) => self.update_run(run_id, update).await,
-                Write::RecordStep(run_id, step) => self.record_step(run_id, step).await,
-                Write::AddPendingGate(gate) => self.add_pending_gate(gate).await,
+                Write::CreateRun(run) => self.create_run(&run).await,
+                Write::UpdateRun(run_id, update) => self.update_run(&run_id, &update).await,
+                Write::RecordStep(run_id, step) => self.record_step(&run_id, &step).await,
+                Write::AddPendingGate(gate) => self.add_pending_gate(&gate).await,
             });
         }
         results

@@ -601,7 +601,7 @@ pub async fn write_batches(mut store: impl Store) {
     let missing = RunId::new("missing");
     let waiting = RunUpdate { duration_ms: Some(3), ..RunUpdate::status(RunStatus::Waiting) };
     let results = history
-        .write_batch(&[
+        .write_batch(vec![
             Write::CreateRun(run.clone()),
             Write::UpdateRun(run.id.clone(), RunUpdate::status(RunStatus::Running)),
             Write::RecordStep(missing.clone(), finished_step(0, 1)),
@@ -623,7 +623,7 @@ pub async fn write_batches(mut store: impl Store) {
     assert_eq!(detail.steps, vec![finished_step(0, 1)]);
     assert_eq!(detail.pending_gates, vec![gate]);
     assert!(history.get_run(&missing).await.unwrap().is_none());
-    assert!(history.write_batch(&[]).await.is_empty());
+    assert!(history.write_batch(vec![]).await.is_empty());
 
     const WRITERS: usize = 8;
     const RUNS: usize = 20;
@@ -638,7 +638,7 @@ pub async fn write_batches(mut store: impl Store) {
                     writes
                         .extend((0..3).map(|s| Write::RecordStep(id.clone(), finished_step(s, 1))));
                     writes.push(Write::UpdateRun(id, finish(RunStatus::Succeeded, r as i64 + 5)));
-                    for result in history.write_batch(&writes).await {
+                    for result in history.write_batch(writes).await {
                         result?;
                     }
                 }

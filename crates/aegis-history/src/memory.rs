@@ -80,15 +80,15 @@ impl State {
         Ok(())
     }
 
-    fn record_step(&mut self, run_id: &RunId, step: &StepRecord) -> Result<()> {
+    fn record_step(&mut self, run_id: &RunId, step: StepRecord) -> Result<()> {
         let entry = self.entry(run_id)?;
-        entry.steps.insert((step.execution, step.index), step.clone());
+        entry.steps.insert((step.execution, step.index), step);
         Ok(())
     }
 
-    fn add_pending_gate(&mut self, gate: &PendingGate) -> Result<()> {
+    fn add_pending_gate(&mut self, gate: PendingGate) -> Result<()> {
         self.entry(&gate.run_id)?;
-        self.pending.insert((gate.run_id.clone(), gate.gate_id.clone()), gate.clone());
+        self.pending.insert((gate.run_id.clone(), gate.gate_id.clone()), gate);
         Ok(())
     }
 
@@ -128,24 +128,24 @@ impl HistoryBackend for InMemoryHistory {
     }
 
     async fn record_step(&self, run_id: &RunId, step: &StepRecord) -> Result<()> {
-        self.state().record_step(run_id, step)
+        self.state().record_step(run_id, step.clone())
     }
 
     async fn add_pending_gate(&self, gate: &PendingGate) -> Result<()> {
-        self.state().add_pending_gate(gate)
+        self.state().add_pending_gate(gate.clone())
     }
 
-    async fn write_batch(&self, writes: &[Write]) -> Vec<Result<()>> {
+    async fn write_batch(&self, writes: Vec<Write>) -> Vec<Result<()>> {
         // Under one lock: readers see the whole batch or none of it.
         let mut state = self.state();
         writes
-            .iter()
+            .into_iter()
             .map(|write| match write {
-                Write::CreateRun(run) => state.create_run(run),
+                Write::CreateRun(run) => state.create_run(&run),
                 Write::UpdateRun(run_id, update) => {
-                    state.update_run(run_id, update, self.max_records)
+                    state.update_run(&run_id, &update, self.max_records)
                 }
-                Write::RecordStep(run_id, step) => state.record_step(run_id, step),
+                Write::RecordStep(run_id, step) => state.record_step(&run_id, step),
                 Write::AddPendingGate(gate) => state.add_pending_gate(gate),
             })
             .collect()

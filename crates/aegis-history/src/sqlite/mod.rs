@@ -371,14 +371,14 @@ impl HistoryBackend for SqliteHistory {
         self.write(Op::AddPendingGate(gate.clone())).await.map(drop)
     }
 
-    async fn write_batch(&self, writes: &[Write]) -> Vec<Result<()>> {
+    async fn write_batch(&self, writes: Vec<Write>) -> Vec<Result<()>> {
         let ops = writes
-            .iter()
+            .into_iter()
             .map(|write| match write {
-                Write::CreateRun(run) => Op::CreateRun(run.clone()),
-                Write::UpdateRun(run_id, update) => Op::UpdateRun(run_id.clone(), update.clone()),
-                Write::RecordStep(run_id, step) => Op::RecordStep(run_id.clone(), step.clone()),
-                Write::AddPendingGate(gate) => Op::AddPendingGate(gate.clone()),
+                Write::CreateRun(run) => Op::CreateRun(run),
+                Write::UpdateRun(run_id, update) => Op::UpdateRun(run_id, update),
+                Write::RecordStep(run_id, step) => Op::RecordStep(run_id, step),
+                Write::AddPendingGate(gate) => Op::AddPendingGate(gate),
             })
             .collect();
         self.write_group(ops, false).await.into_iter().map(|outcome| outcome.map(drop)).collect()

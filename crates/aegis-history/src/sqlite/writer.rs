@@ -46,7 +46,7 @@ pub(crate) struct Command {
 }
 
 /// How many commits pass between two requests to checkpoint the WAL.
-const COMMITS_PER_CHECKPOINT: u32 = 128;
+const COMMITS_PER_CHECKPOINT: u32 = 256;
 
 /// The shared write path of one database.
 #[derive(Debug)]

@@ -58,7 +58,7 @@ async fn waiting_runs_always_show_their_gate(history: Arc<dyn HistoryBackend>) {
             deadline: None,
         };
         let results = history
-            .write_batch(&[
+            .write_batch(vec![
                 Write::RecordStep(run.id.clone(), gate_step),
                 Write::AddPendingGate(gate),
                 Write::UpdateRun(run.id.clone(), RunUpdate::status(RunStatus::Waiting)),
