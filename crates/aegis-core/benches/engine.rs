@@ -38,6 +38,10 @@ use aegis_history::{
 };
 use serde_json::json;
 
+// The allocator `aegis-server` and `aegis-cli` use.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ROUNDS: usize = 5;
 const RUNS_PER_ROUND: usize = 2000;
 const SEQUENTIAL_RUNS: usize = 200;
