@@ -71,7 +71,9 @@ pub(crate) enum Outcome {
 
 // With glibc's allocator, allocation was a large part of the engine's CPU
 // time under load; mimalloc doubled its throughput (`cargo bench -p
-// aegis-core --bench engine`: 2,558 -> 5,201 runs/s).
+// aegis-core --bench engine`: 2,558 -> 5,201 runs/s). Built without
+// transparent huge pages (`no_thp`): with them the idle server's RSS doubled
+// (14 -> 29 MB) on a kernel with THP `always`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
