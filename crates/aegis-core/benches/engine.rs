@@ -172,43 +172,22 @@ async fn overhead(store: Store) -> tempfile::TempDir {
     let (mock, engine, _history, dir) = setup(1, store).await;
     let client = engine.client().clone();
     let url = mock.url();
+    // The calls the run makes, in its order: discover, test, submit_bugs, verify.
+    let calls = [
+        (reqwest::Method::GET, "/api/routes", None),
+        (reqwest::Method::POST, "/api/runs", Some(json!({}))),
+        (reqwest::Method::POST, "/api/v1/reports", Some(json!({ "failures": [{ "name": "t" }] }))),
+        (reqwest::Method::POST, "/api/runs", Some(json!({ "verify_only": true }))),
+    ];
     let direct = || async {
         let clock = Instant::now();
-        client
-            .get(format!("{url}/api/routes"))
-            .send()
-            .await
-            .expect("get")
-            .bytes()
-            .await
-            .expect("body");
-        client
-            .post(format!("{url}/api/runs"))
-            .json(&json!({}))
-            .send()
-            .await
-            .expect("post")
-            .bytes()
-            .await
-            .expect("body");
-        client
-            .post(format!("{url}/api/v1/reports"))
-            .json(&json!({ "failures": [{ "name": "t" }] }))
-            .send()
-            .await
-            .expect("post")
-            .bytes()
-            .await
-            .expect("body");
-        client
-            .post(format!("{url}/api/runs"))
-            .json(&json!({ "verify_only": true }))
-            .send()
-            .await
-            .expect("post")
-            .bytes()
-            .await
-            .expect("body");
+        for (method, path, body) in &calls {
+            let mut request = client.request(method.clone(), format!("{url}{path}"));
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            request.send().await.expect("call").bytes().await.expect("body");
+        }
         clock.elapsed()
     };
     let mut ratios = Vec::new();

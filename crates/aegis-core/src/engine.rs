@@ -149,7 +149,7 @@ impl EngineBuilder {
             closing: AtomicBool::new(false),
             interrupting: AtomicBool::new(false),
             live: crate::artifact::LiveArtifacts::default(),
-            progress: Progress::default(),
+            progress: Progress::new(Arc::clone(&self.history)),
             history: self.history,
             registry: self.registry,
             client,
@@ -756,7 +756,7 @@ async fn drive(
         }
     };
     let exec = RunExec {
-        recorder: Recorder::new(Arc::clone(&inner.history), run_id.clone(), &inner.progress),
+        recorder: Recorder::new(run_id.clone(), &inner.progress),
         inner: Arc::clone(&inner),
         run_id,
         workflow,

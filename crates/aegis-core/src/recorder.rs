@@ -40,15 +40,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The engine's writer of runs' progress: recorders with queued writes wait
 /// here for the next batch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Progress {
     state: Arc<ProgressState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ProgressState {
+    history: Arc<dyn HistoryBackend>,
     due: Mutex<Due>,
     wake: Notify,
+}
+
+impl Progress {
+    pub(crate) fn new(history: Arc<dyn HistoryBackend>) -> Self {
+        let state = ProgressState { history, due: Mutex::default(), wake: Notify::new() };
+        Self { state: Arc::new(state) }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -88,15 +96,15 @@ async fn write_progress(state: Weak<ProgressState>) {
         tokio::time::sleep(WRITE_BEHIND).await;
         let Some(progress) = state.upgrade() else { return };
         let recorders = std::mem::take(&mut lock(&progress.due).recorders);
+        let history = Arc::clone(&progress.history);
         drop(progress);
-        write_together(&recorders).await;
+        write_together(&*history, &recorders).await;
     }
 }
 
 /// Writes the queues of several runs as one batch. A run that is writing
 /// its own queue right now (its final flush) is left to it.
-async fn write_together(recorders: &[Arc<Shared>]) {
-    let Some(history) = recorders.first().map(|r| Arc::clone(&r.history)) else { return };
+async fn write_together(history: &dyn HistoryBackend, recorders: &[Arc<Shared>]) {
     let mut guards = Vec::with_capacity(recorders.len());
     let mut batch = Vec::new();
     for recorder in recorders {
@@ -121,7 +129,6 @@ pub(crate) struct Recorder {
 
 #[derive(Debug)]
 struct Shared {
-    history: Arc<dyn HistoryBackend>,
     run_id: RunId,
     queued: Mutex<Queued>,
     /// Held while a queue is taken and written, so that the writes of a run
@@ -137,13 +144,8 @@ struct Queued {
 }
 
 impl Recorder {
-    pub(crate) fn new(
-        history: Arc<dyn HistoryBackend>,
-        run_id: RunId,
-        progress: &Progress,
-    ) -> Self {
+    pub(crate) fn new(run_id: RunId, progress: &Progress) -> Self {
         let shared = Shared {
-            history,
             run_id,
             queued: Mutex::new(Queued::default()),
             writing: tokio::sync::Mutex::new(()),
@@ -170,7 +172,7 @@ impl Recorder {
         if batch.is_empty() {
             return;
         }
-        let results = self.shared.history.write_batch(batch).await;
+        let results = self.progress.history.write_batch(batch).await;
         for err in results.into_iter().filter_map(Result::err) {
             log::error!("run_id={}: cannot record the run in history: {err}", self.shared.run_id);
         }

@@ -1,9 +1,9 @@
 //! `SqliteHistory`: the durable backend on one SQLite file.
 //!
-//! Writes are committed in batches by whichever writer gets the write
-//! connection first, on its own thread (see `writer`); a background thread
-//! checkpoints the WAL. Reads use an r2d2 pool of connections on tokio's
-//! blocking pool. WAL mode lets reads proceed while a writer commits.
+//! Writes are committed in batches on tokio's blocking pool by one driver at
+//! a time (see `writer`); a background thread checkpoints the WAL. Reads use
+//! an r2d2 pool of connections on the blocking pool. WAL mode lets reads
+//! proceed while a batch commits.
 
 mod codec;
 mod read;
@@ -56,10 +56,8 @@ enum Readers {
 /// History in an SQLite database file (or `:memory:`).
 ///
 /// A write's future resolves only after the transaction holding it has
-/// committed. The commit runs on the writing thread itself (a lone write
-/// costs one small transaction and no thread switch; concurrent writes share
-/// one commit), except for [`Durability::PowerLoss`] and retention, whose
-/// commits can take milliseconds and run on tokio's blocking pool. With the default [`Durability::ProcessCrash`] (WAL,
+/// committed. Commits run on tokio's blocking pool, never on the async
+/// threads; writes that arrive while one commits share the next commit. With the default [`Durability::ProcessCrash`] (WAL,
 /// `synchronous=NORMAL`) a committed write survives the process being
 /// killed at any moment; [`Durability::PowerLoss`] (`synchronous=FULL`)
 /// also survives power loss at the cost of one fsync per batch.
@@ -70,8 +68,6 @@ enum Readers {
 pub struct SqliteHistory {
     location: PathBuf,
     committer: Arc<Committer>,
-    /// Commits block for an fsync: run them off the async threads.
-    slow_commits: bool,
     checkpointer: Option<JoinHandle<()>>,
     readers: Readers,
 }
@@ -188,24 +184,16 @@ impl SqliteHistory {
         checkpoint: Option<mpsc::SyncSender<()>>,
     ) -> Self {
         let committer = Committer::new(conn, options.max_batch, options.max_records, checkpoint);
-        Self {
-            location,
-            committer: Arc::new(committer),
-            slow_commits: options.durability == Durability::PowerLoss,
-            checkpointer: None,
-            readers,
-        }
+        Self { location, committer: Arc::new(committer), checkpointer: None, readers }
     }
 
     async fn write(&self, op: Op) -> Result<u64> {
-        let slow = matches!(op, Op::ApplyRetention);
-        let mut outcomes = self.write_group(vec![op], slow).await;
+        let mut outcomes = self.write_group(vec![op]).await;
         outcomes.pop().unwrap_or(Err(Error::Closed))
     }
 
-    /// Commits `ops` in one transaction (each in its own savepoint) and
-    /// returns their outcomes in order.
-    async fn write_group(&self, ops: Vec<Op>, slow: bool) -> Vec<Result<u64>> {
+    /// Commits `ops` in one transaction and returns their outcomes in order.
+    async fn write_group(&self, ops: Vec<Op>) -> Vec<Result<u64>> {
         let mut group = Vec::with_capacity(ops.len());
         let mut answers = Vec::with_capacity(ops.len());
         for op in ops {
@@ -213,20 +201,10 @@ impl SqliteHistory {
             group.push(Command { op, reply });
             answers.push(answer);
         }
-        self.committer.push(group);
-        if slow || self.slow_commits {
-            let committer = Arc::clone(&self.committer);
-            if let Err(err) = tokio::task::spawn_blocking(move || committer.drive()).await {
-                log::error!("history commit task failed: {err}");
-                // Commit what it left queued here, so that no answer is lost.
-                self.committer.drive();
-            }
-        } else {
-            self.committer.drive();
-        }
+        self.committer.submit(group);
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
-            // A dropped reply means the leader panicked mid-batch.
+            // A dropped reply means the commit that held it panicked.
             outcomes.push(answer.await.unwrap_or(Err(Error::Closed)));
         }
         outcomes
@@ -238,19 +216,12 @@ impl SqliteHistory {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let readers = self.readers.clone();
-        let committer = Arc::clone(&self.committer);
         tokio::task::spawn_blocking(move || match readers {
             Readers::Pool(pool) => {
                 let conn = pool.get().map_err(|source| Error::Pool { source })?;
                 f(&conn)
             }
-            Readers::Shared(conn) => {
-                let result = f(&lock(&conn));
-                // `:memory:` reads hold the write connection: writes queued
-                // meanwhile, by writers that found it taken, are ours to commit.
-                committer.drive();
-                result
-            }
+            Readers::Shared(conn) => f(&lock(&conn)),
         })
         .await
         .map_err(|source| Error::Task { source })?
@@ -381,7 +352,7 @@ impl HistoryBackend for SqliteHistory {
                 Write::AddPendingGate(gate) => Op::AddPendingGate(gate),
             })
             .collect();
-        self.write_group(ops, false).await.into_iter().map(|outcome| outcome.map(drop)).collect()
+        self.write_group(ops).await.into_iter().map(|outcome| outcome.map(drop)).collect()
     }
 
     async fn record_gate_decision(&self, run_id: &RunId, decision: &GateDecision) -> Result<()> {

@@ -1,31 +1,30 @@
-//! The committer: applies queued writes in batches on the connection that
-//! owns writing, on the thread of whoever is writing.
+//! The committer: applies queued writes in batches on the one write
+//! connection, on tokio's blocking pool.
 //!
-//! A writer queues its group of commands, then tries to take the write
-//! connection. If it gets it, it becomes the leader: it commits everything
-//! queued (its own group and any other writer's) in transactions of up to
-//! `max_batch` commands, answers each caller, and keeps going until the
-//! queue is empty. If another writer holds the connection, it just waits for
-//! its answer: the leader re-checks the queue after letting go of the
-//! connection, so a group queued meanwhile is never stranded. Concurrent
-//! writers therefore share one commit (group commit), and a lone writer pays
-//! no thread switch at all: its commit runs right where it asked for it.
+//! A writer queues its group of commands and, if no driver is scheduled,
+//! schedules one with `spawn_blocking`; then it waits for its answers. The
+//! driver commits everything queued (its own writer's group and any other's)
+//! in transactions of up to `max_batch` commands, answers each caller, and
+//! keeps going until the queue is empty; a group queued after its last look
+//! schedules the next driver. Concurrent writers therefore share one commit
+//! (group commit), no thread waits idle for work, and no rusqlite call runs
+//! on the async executor.
 //!
-//! Each command runs inside its own savepoint, so one failing write does not
-//! undo the others; a group is never split across transactions, so it
-//! becomes visible at once.
+//! Each command runs inside its own savepoint only when its batch has a
+//! failing write, so one failing write does not undo the others; a group is
+//! never split across transactions, so it becomes visible at once.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, TryLockError, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::model::{GateDecision, NewRun, PendingGate, RunId, RunStatus, RunUpdate, StepRecord};
-use crate::sqlite::Conn;
 use crate::sqlite::codec::{json_to_sql, ms_to_sql, opt_ts_to_sql, ts_to_sql};
+use crate::sqlite::{Conn, lock};
 
 /// One write.
 #[derive(Debug)]
@@ -52,8 +51,10 @@ const COMMITS_PER_CHECKPOINT: u32 = 256;
 #[derive(Debug)]
 pub(crate) struct Committer {
     conn: Conn,
-    /// Groups of commands waiting for a leader, oldest first.
+    /// Groups of commands waiting for a driver, oldest first.
     queue: Mutex<VecDeque<Vec<Command>>>,
+    /// A driver is scheduled or running.
+    scheduled: AtomicBool,
     max_batch: usize,
     keep: u32,
     commits: AtomicU32,
@@ -71,6 +72,7 @@ impl Committer {
         Self {
             conn,
             queue: Mutex::new(VecDeque::new()),
+            scheduled: AtomicBool::new(false),
             max_batch: max_batch.max(1),
             keep,
             commits: AtomicU32::new(0),
@@ -87,35 +89,50 @@ impl Committer {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a group of commands, committed together in one transaction.
-    pub(crate) fn push(&self, group: Vec<Command>) {
-        if !group.is_empty() {
-            self.queue().push_back(group);
+    /// Queues a group of commands, committed together in one transaction,
+    /// and makes sure a driver will commit it (on tokio's blocking pool).
+    pub(crate) fn submit(self: &Arc<Self>, group: Vec<Command>) {
+        if group.is_empty() {
+            return;
+        }
+        self.queue().push_back(group);
+        if self.claim() {
+            let committer = Arc::clone(self);
+            tokio::task::spawn_blocking(move || committer.drive());
         }
     }
 
-    /// Commits everything queued unless another thread holds the write
-    /// connection (that thread then commits it). Blocks for the commits it
-    /// leads.
-    pub(crate) fn drive(&self) {
-        loop {
-            let conn = match self.conn.try_lock() {
-                Ok(conn) => conn,
-                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                Err(TryLockError::WouldBlock) => return,
-            };
-            loop {
-                let mut batch = self.take_batch();
-                if batch.is_empty() {
-                    break;
-                }
-                commit_batch(&conn, &mut batch, self.keep);
-                self.committed();
+    /// Whether the caller becomes the one driver.
+    fn claim(&self) -> bool {
+        !self.scheduled.swap(true, Ordering::SeqCst)
+    }
+
+    /// Commits until the queue is empty; run by the one claimant. A panic
+    /// lets go of the claim (its commands' callers get `Error::Closed`), so
+    /// the next writer schedules a new driver.
+    fn drive(&self) {
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
             }
-            drop(conn);
-            // A group queued after the last take, by a writer that found the
-            // connection taken, is ours to commit.
-            if self.queue().is_empty() {
+        }
+        loop {
+            {
+                let _release = Release(&self.scheduled);
+                let conn = lock(&self.conn);
+                loop {
+                    let mut batch = self.take_batch();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    commit_batch(&conn, &mut batch, self.keep);
+                    self.committed();
+                }
+            }
+            // A group queued after the last take, by a writer that saw this
+            // driver scheduled, is this driver's to commit.
+            if self.queue().is_empty() || !self.claim() {
                 return;
             }
         }
@@ -139,12 +156,11 @@ impl Committer {
     /// Copies the WAL into the database on the write connection, so that
     /// no commit runs meanwhile and the next one starts the WAL over (a
     /// checkpoint from another connection while writers keep appending never
-    /// catches up, and the WAL grows without end). Writers queue meanwhile
-    /// and are committed together right after. Runs on the checkpoint
-    /// thread, never on a writer's: the write connection has automatic
-    /// checkpoints off.
+    /// catches up, and the WAL grows without end). Writes queue meanwhile and
+    /// are committed together right after. Runs on the checkpoint thread:
+    /// the write connection has automatic checkpoints off.
     pub(crate) fn checkpoint(&self) {
-        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let conn = lock(&self.conn);
         let done: rusqlite::Result<(i64, i64, i64)> =
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?))
@@ -154,7 +170,6 @@ impl Committer {
             Ok((_, log, copied)) => log::trace!("history WAL checkpoint: {copied} of {log} pages"),
             Err(e) => log::warn!("history WAL checkpoint failed: {e}"),
         }
-        self.drive();
     }
 
     fn committed(&self) {
