@@ -1,9 +1,10 @@
 //! Helpers for black-box tests: locating the workspace's real binaries and running them
 //! with a controlled environment; [`Server`], the real `aegis-server` on a free port; and
 //! a small HTTP/1.1 client ([`Request`], [`Response`], [`Sse`]) that sends exactly the
-//! bytes a test asks for, so bad input reaches the server unaltered.
+//! bytes a test asks for, so bad input reaches the server unaltered; and
+//! [`read_request`], the server side of that, for local services tests stand up.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -560,4 +561,56 @@ impl Sse {
             }
         }
     }
+}
+
+// --- The server side, for local services ------------------------------------------
+
+/// A request as a local test service read it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The method.
+    pub method: String,
+    /// The request target.
+    pub path: String,
+    /// Headers as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body (`Content-Length` bytes).
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    /// A header by name, any case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one HTTP/1.1 request (head and `Content-Length` body) from `stream`;
+/// `None` when the client sent something else or went away.
+pub fn read_request(stream: &TcpStream) -> Option<Received> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let path = parts.next()?.to_owned();
+    let mut headers = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Received { method, path, headers, body })
 }

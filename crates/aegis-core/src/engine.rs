@@ -211,9 +211,10 @@ impl Inner {
         workflow: &str,
         request_id: Option<String>,
     ) -> RunEvents {
-        RunEvents::create(
+        let log = self.logs.create(&self.run_dir(run_id), run_id.as_str());
+        RunEvents::new(
             &self.logs,
-            &self.run_dir(run_id),
+            log,
             run_id.as_str(),
             workflow,
             request_id,
@@ -229,9 +230,10 @@ impl Inner {
         workflow: &str,
         request_id: Option<String>,
     ) -> RunEvents {
-        RunEvents::open(
+        let log = self.logs.open(&self.run_dir(run_id), run_id.as_str());
+        RunEvents::new(
             &self.logs,
-            &self.run_dir(run_id),
+            log,
             run_id.as_str(),
             workflow,
             request_id,

@@ -816,36 +816,9 @@ pub(crate) struct RunEvents {
 }
 
 impl RunEvents {
-    /// The events of a run that was just created (a new id, nothing on disk):
-    /// `seq` starts at 0 and no file is touched.
-    pub(crate) fn create(
-        logs: &EventLogs,
-        run_dir: &Path,
-        run_id: &str,
-        workflow: &str,
-        request_id: Option<String>,
-        bus: Arc<EventBus>,
-    ) -> Self {
-        let log = logs.create(run_dir, run_id);
-        Self::with(logs, log, run_id, workflow, request_id, bus)
-    }
-
-    /// The events of an existing run, continuing after its last event: from
-    /// memory when its log is alive in this process, else from
-    /// `run_dir/events.jsonl`.
-    pub(crate) fn open(
-        logs: &EventLogs,
-        run_dir: &Path,
-        run_id: &str,
-        workflow: &str,
-        request_id: Option<String>,
-        bus: Arc<EventBus>,
-    ) -> Self {
-        let log = logs.open(run_dir, run_id);
-        Self::with(logs, log, run_id, workflow, request_id, bus)
-    }
-
-    fn with(
+    /// The events of a run whose log is `log` (from `EventLogs::create` for
+    /// a new run, `EventLogs::open` for an existing one).
+    pub(crate) fn new(
         logs: &EventLogs,
         log: Arc<RunLog>,
         run_id: &str,
@@ -960,6 +933,26 @@ pub(crate) fn read_events(path: &Path, after: u64) -> std::io::Result<Vec<Event>
 mod tests {
     use super::*;
 
+    fn created(
+        logs: &EventLogs,
+        dir: &Path,
+        run_id: &str,
+        request_id: Option<String>,
+        bus: Arc<EventBus>,
+    ) -> RunEvents {
+        RunEvents::new(logs, logs.create(dir, run_id), run_id, "wf", request_id, bus)
+    }
+
+    fn opened(
+        logs: &EventLogs,
+        dir: &Path,
+        run_id: &str,
+        request_id: Option<String>,
+        bus: Arc<EventBus>,
+    ) -> RunEvents {
+        RunEvents::new(logs, logs.open(dir, run_id), run_id, "wf", request_id, bus)
+    }
+
     #[test]
     fn event_types_match_the_configuration_list() {
         let ours: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
@@ -1020,11 +1013,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let bus = Arc::new(EventBus::new(16, 4));
         let logs = EventLogs::start().expect("writer thread");
-        let log = RunEvents::create(&logs, dir.path(), "r1", "wf", None, Arc::clone(&bus));
+        let log = created(&logs, dir.path(), "r1", None, Arc::clone(&bus));
         log.emit(EventData::RunQueued(RunQueued { trigger: "cli".into() }));
         log.emit(cancelled());
         drop(log);
-        let log = RunEvents::open(&logs, dir.path(), "r1", "wf", None, bus);
+        let log = opened(&logs, dir.path(), "r1", None, bus);
         let event = log.emit(cancelled());
         assert_eq!(event.seq, 3);
         drop(log);
@@ -1038,7 +1031,7 @@ mod tests {
         let run_dir = root.path().join("runs").join("r1");
         let bus = Arc::new(EventBus::new(16, 0));
         let (logs, writer) = manual_logs();
-        let events = RunEvents::create(&logs, &run_dir, "r1", "wf", None, bus);
+        let events = created(&logs, &run_dir, "r1", None, bus);
         for _ in 0..3 {
             events.emit(cancelled());
         }
@@ -1063,11 +1056,11 @@ mod tests {
         std::fs::write(&path, "{\"seq\":7}\n").expect("write");
         let bus = Arc::new(EventBus::new(16, 0));
         let (logs, _writer) = manual_logs();
-        let first = RunEvents::open(&logs, dir.path(), "r", "wf", None, Arc::clone(&bus));
+        let first = opened(&logs, dir.path(), "r", None, Arc::clone(&bus));
         assert_eq!(first.emit(cancelled()).seq, 8);
         // Were the file read again, the next seq would be 101.
         std::fs::write(&path, "{\"seq\":100}\n").expect("write");
-        let second = RunEvents::open(&logs, dir.path(), "r", "wf", Some("req".into()), bus);
+        let second = opened(&logs, dir.path(), "r", Some("req".into()), bus);
         assert!(Arc::ptr_eq(&first.log, &second.log));
         let event = second.emit(cancelled());
         assert_eq!((event.seq, event.request_id.as_deref()), (9, Some("req")));
@@ -1079,7 +1072,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let bus = Arc::new(EventBus::new(16, 0));
         let logs = EventLogs::start().expect("writer thread");
-        let events = RunEvents::create(&logs, dir.path(), "r", "wf", None, Arc::clone(&bus));
+        let events = created(&logs, dir.path(), "r", None, Arc::clone(&bus));
         for _ in 0..3 {
             events.emit(cancelled());
         }
@@ -1091,7 +1084,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(file_seqs(&dir.path().join(EVENTS_FILE)), vec![1, 2, 3]);
-        let events = RunEvents::open(&logs, dir.path(), "r", "wf", None, bus);
+        let events = opened(&logs, dir.path(), "r", None, bus);
         assert_eq!(events.emit(cancelled()).seq, 4);
     }
 
@@ -1105,7 +1098,7 @@ mod tests {
         let mut sub = bus.subscribe();
         logged_errors();
         let logs = EventLogs::start().expect("writer thread");
-        let events = RunEvents::create(&logs, &run_dir, "r", "wf", None, bus);
+        let events = created(&logs, &run_dir, "r", None, bus);
         events.emit(cancelled());
         events.emit(cancelled());
         events.log.sync();
@@ -1132,7 +1125,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let bus = Arc::new(EventBus::new(4, 0));
         let logs = EventLogs::start().expect("writer thread");
-        let events = RunEvents::create(&logs, dir.path(), "r", "wf", None, bus);
+        let events = created(&logs, dir.path(), "r", None, bus);
         std::thread::scope(|scope| {
             for _ in 0..4 {
                 scope.spawn(|| {
@@ -1156,7 +1149,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let bus = Arc::new(EventBus::new(4, 0));
         let logs = EventLogs::start().expect("writer thread");
-        let events = RunEvents::create(&logs, dir.path(), "r", "wf", None, bus);
+        let events = created(&logs, dir.path(), "r", None, bus);
         drop(logs);
         events.emit(cancelled());
         assert_eq!(file_seqs(&dir.path().join(EVENTS_FILE)), vec![1]);
@@ -1180,7 +1173,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let bus = Arc::new(EventBus::new(4, 0));
         let (logs, _writer) = manual_logs();
-        let events = RunEvents::create(&logs, dir.path(), "r", "wf", None, bus);
+        let events = created(&logs, dir.path(), "r", None, bus);
         for _ in 0..3 {
             events.emit(cancelled());
         }
@@ -1200,7 +1193,7 @@ mod tests {
         let mut sub = bus.subscribe();
         let dir = tempfile::tempdir().expect("tempdir");
         let (logs, _writer) = manual_logs();
-        let log = RunEvents::create(&logs, dir.path(), "r", "wf", None, Arc::new(bus));
+        let log = created(&logs, dir.path(), "r", None, Arc::new(bus));
         for _ in 0..5 {
             log.emit(cancelled());
         }

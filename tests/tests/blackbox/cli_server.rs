@@ -2,12 +2,12 @@
 //! `history`, `runs show` and `events tail`: against a canned local HTTP server, and
 //! against the real `aegis-server` binary.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use aegis_tests::{Finished, Server, aegis_cli, run};
+use aegis_tests::{Finished, Received as Request, Server, aegis_cli, read_request, run};
 use serde_json::{Value, json};
 
 fn write_config(dir: &Path) {
@@ -169,20 +169,6 @@ fn a_refused_connection_names_the_url() {
 
 // --- Against a canned HTTP server --------------------------------------------------
 
-/// A request as the canned server saw it.
-#[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
 type Handler = dyn Fn(&Request, usize) -> String + Send + Sync;
 
 /// A one-thread HTTP/1.1 server on 127.0.0.1 answering each request with `handler`
@@ -221,34 +207,6 @@ impl Canned {
     fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
-}
-
-fn read_request(stream: &TcpStream) -> Option<Request> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_owned();
-    let path = parts.next()?.to_owned();
-    let mut headers = Vec::new();
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-            headers.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).ok()?;
-    Some(Request { method, path, headers })
 }
 
 fn answer_json(status: u16, body: &Value) -> String {

@@ -3,14 +3,13 @@
 //! conflict, restarts (SIGTERM and kill -9) while waiting, a deadline passing
 //! while the server is down, and twenty concurrent approvals.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aegis_tests::binary;
+use aegis_tests::{Request, read_request};
 use serde_json::{Value, json};
 
 const OPERATOR: &str = "operator-key-0123456789abcdef";
@@ -33,15 +32,17 @@ fn qa_service() -> QaService {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
-            let Some((path, body)) = read_request(&stream) else { continue };
-            let answer = match path.as_str() {
+            let Some(request) = read_request(&stream) else { continue };
+            let answer = match request.path.as_str() {
                 "/api/runs" => {
                     *runs.lock().unwrap() += 1;
                     json!({"total": 5, "passed": 2, "failed": 3,
                         "failures": [{"id": "a"}, {"id": "b"}, {"id": "c"}]})
                 }
                 "/api/v1/reports" => {
-                    seen.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                    seen.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&request.body).unwrap_or(Value::Null));
                     json!({"accepted": true})
                 }
                 _ => json!({"status": "ok"}),
@@ -57,30 +58,6 @@ fn qa_service() -> QaService {
         }
     });
     QaService { url, test_runs, reports }
-}
-
-fn read_request(stream: &TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let path = line.split_whitespace().nth(1)?.to_owned();
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).ok()?;
-    Some((path, body))
 }
 
 fn write_config(dir: &Path, qa: &QaService) {
@@ -110,84 +87,25 @@ workflows:
     std::fs::write(dir.join(".aegis.yaml"), yaml).unwrap();
 }
 
-/// The real server, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The real server (`aegis_tests::Server`) with the calls these tests make.
+struct Server(aegis_tests::Server);
 
 impl Server {
-    fn start(dir: &Path, port: Option<u16>) -> Server {
-        let port = port.unwrap_or_else(|| {
-            TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-        });
-        let child = Command::new(binary("aegis-server"))
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .args(["--config", ".aegis.yaml", "--port", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start aegis-server ({e}); build the binaries first")
-            });
-        let server = Server { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if server.try_call("GET", "/health/ready", None, None).is_some_and(|(s, _)| s == 200) {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("aegis-server did not become ready on port {port}");
+    fn start(dir: &Path) -> Server {
+        Server(aegis_tests::Server::start(dir))
     }
 
-    /// Stops with SIGTERM and waits for the exit.
-    fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");
+    /// Stops with SIGTERM and checks the graceful exit.
+    fn terminate(self) {
+        assert_eq!(self.0.terminate(), Some(0), "graceful shutdown exits 0");
     }
 
     /// Kills with SIGKILL (kill -9).
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    fn kill(self) {
+        self.0.kill9();
     }
 
-    fn try_call(
-        &self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<&Value>,
-    ) -> Option<(u16, Value)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let auth = key.map(|k| format!("x-api-key: {k}\r\n")).unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).ok()?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).ok()?;
-        let status = answer.split_whitespace().nth(1)?.parse().ok()?;
-        let text = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        Some((status, serde_json::from_str(text).unwrap_or(Value::Null)))
-    }
-
+    /// Sends a JSON request (with the API key, if any); the answer's status and JSON body.
     fn call(
         &self,
         method: &str,
@@ -195,8 +113,15 @@ impl Server {
         key: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        self.try_call(method, path, key, body)
-            .unwrap_or_else(|| panic!("no answer to {method} {path}"))
+        let mut request = Request::new(method, path);
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        if let Some(body) = body {
+            request = request.body("application/json", body.to_string());
+        }
+        let response = self.0.send(&request);
+        (response.status, serde_json::from_slice(&response.body).unwrap_or(Value::Null))
     }
 
     fn start_run(&self, workflow: &str) -> String {
@@ -253,7 +178,7 @@ fn reject_with_retry_then_approve_with_a_patch_files_only_the_kept_failures() {
     let qa = qa_service();
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &qa);
-    let server = Server::start(dir.path(), None);
+    let server = Server::start(dir.path());
     let id = server.start_run("review");
     server.waiting(&id);
     let (status, body) = server.call("GET", "/api/gates?status=pending", None, None);
@@ -342,7 +267,7 @@ fn restart_while_waiting(hard: bool) {
     let qa = qa_service();
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &qa);
-    let server = Server::start(dir.path(), None);
+    let server = Server::start(dir.path());
     let id = server.start_run("review");
     server.waiting(&id);
     if hard {
@@ -350,7 +275,7 @@ fn restart_while_waiting(hard: bool) {
     } else {
         server.terminate()
     }
-    let server = Server::start(dir.path(), None);
+    let server = Server::start(dir.path());
     let run = server.run(&id);
     assert_eq!(run["status"], "waiting", "{run}");
     let (status, body) = server.decide(&id, "approve", &json!({"comment": "after restart"}));
@@ -374,14 +299,14 @@ fn a_deadline_that_passes_while_the_server_is_down_is_decided_at_start() {
     let qa = qa_service();
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &qa);
-    let server = Server::start(dir.path(), None);
+    let server = Server::start(dir.path());
     let id = server.start_run("timed");
     let run = server.waiting(&id);
     let deadline = run["pending_gates"][0]["deadline"].as_str().unwrap().to_owned();
     server.kill();
     // Wait out the 2 s deadline while no server runs.
     std::thread::sleep(Duration::from_millis(2500));
-    let server = Server::start(dir.path(), None);
+    let server = Server::start(dir.path());
     let run = server.finished(&id);
     assert_eq!(run["status"], "succeeded", "{run}");
     let decision = &run["gate_decisions"][0];
@@ -399,7 +324,7 @@ fn of_twenty_concurrent_approvals_one_gets_200_and_nineteen_409() {
     let qa = qa_service();
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &qa);
-    let server = Arc::new(Server::start(dir.path(), None));
+    let server = Arc::new(Server::start(dir.path()));
     let id = server.start_run("review");
     server.waiting(&id);
     let threads: Vec<_> = (0..20)
