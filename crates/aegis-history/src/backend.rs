@@ -4,8 +4,8 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::model::{
-    GateDecision, ListQuery, NewRun, Page, PendingGate, RunDetail, RunId, RunRecord, RunUpdate,
-    StepRecord, Write,
+    EventRecord, GateDecision, ListQuery, NewRun, Page, PendingGate, RunDetail, RunId, RunRecord,
+    RunUpdate, StepRecord, Write,
 };
 
 /// Durable history of runs, shared as `Arc<dyn HistoryBackend>` by the
@@ -57,10 +57,32 @@ pub trait HistoryBackend: Send + Sync + std::fmt::Debug {
                 Write::UpdateRun(run_id, update) => self.update_run(&run_id, &update).await,
                 Write::RecordStep(run_id, step) => self.record_step(&run_id, &step).await,
                 Write::AddPendingGate(gate) => self.add_pending_gate(&gate).await,
+                other => self.commit(vec![other]).await,
             });
         }
         results
     }
+
+    /// Applies every write, in order, in one atomic transaction: either all
+    /// of them commit or none does, and readers see all or nothing. This is
+    /// how the engine changes a run's state together with the events that
+    /// describe it (a [`Write::Transition`] is a compare-and-set, so of two
+    /// competing changes exactly one commits).
+    ///
+    /// Fails with the first failing write's error, having recorded nothing.
+    /// Stores may commit the transactions of several callers together
+    /// (group commit); each stays atomic.
+    async fn commit(&self, writes: Vec<Write>) -> Result<()>;
+
+    /// A run's ledger after `after`, in `seq` order, at most `limit` events.
+    async fn events(&self, run_id: &RunId, after: u64, limit: u32) -> Result<Vec<EventRecord>>;
+
+    /// The last `seq` of a run's ledger (0 when it has no events).
+    async fn last_seq(&self, run_id: &RunId) -> Result<u64>;
+
+    /// Runs that finished at or after `since`, for completing their
+    /// `events.jsonl` after a crash.
+    async fn finished_since(&self, since: jiff::Timestamp) -> Result<Vec<RunId>>;
 
     /// Records a decision and removes the gate from the pending gates, in one
     /// atomic change.

@@ -24,9 +24,9 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use crate::{
-    Attempt, Error, GateDecision, GateDecisionKind, HistoryBackend, HistoryOptions, ListQuery,
-    MAX_PAGE_SIZE, NewRun, PendingGate, Result, RunDetail, RunId, RunRecord, RunStatus, RunUpdate,
-    StepRecord, StepStatus, Trigger, Write,
+    Attempt, CloseSteps, Error, EventRecord, GateDecision, GateDecisionKind, HistoryBackend,
+    HistoryOptions, ListQuery, MAX_PAGE_SIZE, NewRun, PendingGate, Result, RunDetail, RunId,
+    RunRecord, RunStatus, RunUpdate, StepRecord, StepStatus, Transition, Trigger, Write,
 };
 
 /// Opens the backend under test.
@@ -57,6 +57,10 @@ macro_rules! conformance_tests {
             retention_keeps_newest_finished,
             concurrent_writers_lose_nothing,
             write_batches,
+            ledger_append_only_and_contiguous,
+            transitions_compare_and_set,
+            commits_are_atomic,
+            concurrent_transitions_one_winner,
             recovery_query,
             persistence_across_reopen,
         );
@@ -744,4 +748,259 @@ pub async fn persistence_across_reopen(mut store: impl Store) {
     // And the reopened store still accepts writes.
     history.create_run(&new_run("after", "nightly", 100)).await.unwrap();
     assert_eq!(history.recent(1).await.unwrap()[0].id.as_str(), "after");
+}
+
+/// An event record of run `run` with `seq`.
+pub fn event(run: &RunId, seq: u64) -> EventRecord {
+    EventRecord {
+        run_id: run.clone(),
+        seq,
+        id: format!("{run}-{seq}"),
+        event_type: "step.completed".to_owned(),
+        time: ts(seq as i64),
+        envelope: format!("{{\"seq\":{seq},\"run_id\":\"{run}\"}}"),
+    }
+}
+
+/// The ledger is append-only: `seq` starts at 1 and grows by one; a gap, a
+/// reuse or an event of an unknown run is refused; reads after a `seq` are
+/// in order and bounded; the envelope comes back byte for byte; retention
+/// deletes a run's events with it.
+pub async fn ledger_append_only_and_contiguous(mut store: impl Store) {
+    let history =
+        store.open(HistoryOptions { max_records: 1, ..HistoryOptions::default() }).await.unwrap();
+    let run = new_run("l1", "nightly", 0);
+    history.create_run(&run).await.unwrap();
+    assert_eq!(history.last_seq(&run.id).await.unwrap(), 0);
+    assert!(matches!(
+        history.commit(vec![Write::AppendEvent(event(&run.id, 2))]).await,
+        Err(Error::SeqConflict { seq: 2, .. })
+    ));
+    for seq in 1..=5 {
+        history.commit(vec![Write::AppendEvent(event(&run.id, seq))]).await.unwrap();
+    }
+    for seq in [1, 5, 7] {
+        assert!(
+            matches!(
+                history.commit(vec![Write::AppendEvent(event(&run.id, seq))]).await,
+                Err(Error::SeqConflict { .. })
+            ),
+            "seq {seq} accepted"
+        );
+    }
+    let missing = RunId::new("missing");
+    assert!(history.commit(vec![Write::AppendEvent(event(&missing, 1))]).await.is_err());
+    assert_eq!(history.last_seq(&run.id).await.unwrap(), 5);
+    let all = history.events(&run.id, 0, 100).await.unwrap();
+    assert_eq!(all, (1..=5).map(|seq| event(&run.id, seq)).collect::<Vec<_>>());
+    let tail = history.events(&run.id, 3, 100).await.unwrap();
+    assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(history.events(&run.id, 1, 2).await.unwrap().len(), 2);
+    assert!(history.events(&missing, 0, 10).await.unwrap().is_empty());
+
+    // Two events in one transaction take consecutive seqs.
+    history
+        .commit(vec![Write::AppendEvent(event(&run.id, 6)), Write::AppendEvent(event(&run.id, 7))])
+        .await
+        .unwrap();
+    assert_eq!(history.last_seq(&run.id).await.unwrap(), 7);
+
+    // Retention deletes the ledger with the run.
+    history.update_run(&run.id, &finish(RunStatus::Succeeded, 1)).await.unwrap();
+    let newer = new_run("l2", "nightly", 5);
+    history.create_run(&newer).await.unwrap();
+    history.update_run(&newer.id, &finish(RunStatus::Succeeded, 6)).await.unwrap();
+    assert!(history.get_run(&run.id).await.unwrap().is_none());
+    assert!(history.events(&run.id, 0, 100).await.unwrap().is_empty());
+    let since = history.finished_since(ts(6)).await.unwrap();
+    assert_eq!(since, vec![newer.id.clone()]);
+}
+
+/// A transition applies only from the statuses it names; otherwise it
+/// fails with the committed status and changes nothing.
+pub async fn transitions_compare_and_set(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let run = new_run("t1", "nightly", 0);
+    history.create_run(&run).await.unwrap();
+    let to = |status, from: &[RunStatus]| {
+        Write::Transition(
+            run.id.clone(),
+            Transition { from: from.to_vec(), update: RunUpdate::status(status) },
+        )
+    };
+    history.commit(vec![to(RunStatus::Running, &[RunStatus::Queued])]).await.unwrap();
+    match history.commit(vec![to(RunStatus::Running, &[RunStatus::Queued])]).await {
+        Err(Error::StatusConflict { status, .. }) => assert_eq!(status, "running"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    history
+        .commit(vec![to(RunStatus::Cancelled, &[RunStatus::Queued, RunStatus::Running])])
+        .await
+        .unwrap();
+    let detail = history.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(detail.run.status, RunStatus::Cancelled);
+    // No transition leaves a finished run.
+    let every: Vec<RunStatus> =
+        RunStatus::ALL.iter().copied().filter(|s| !s.is_finished()).collect();
+    assert!(matches!(
+        history.commit(vec![to(RunStatus::Running, &every)]).await,
+        Err(Error::StatusConflict { .. })
+    ));
+    assert!(matches!(
+        history
+            .commit(vec![Write::Transition(
+                RunId::new("missing"),
+                Transition { from: every.clone(), update: RunUpdate::status(RunStatus::Running) },
+            )])
+            .await,
+        Err(Error::RunNotFound { .. })
+    ));
+}
+
+/// A commit whose last write fails records none of its writes: not the
+/// run it creates, not its events, not its status change, not its
+/// decision; a reader never sees half of one.
+pub async fn commits_are_atomic(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let run = new_run("a1", "nightly", 0);
+    let failed = history
+        .commit(vec![
+            Write::CreateRun(run.clone()),
+            Write::AppendEvent(event(&run.id, 1)),
+            Write::AppendEvent(event(&run.id, 3)),
+        ])
+        .await;
+    assert!(matches!(failed, Err(Error::SeqConflict { seq: 3, .. })), "{failed:?}");
+    assert!(history.get_run(&run.id).await.unwrap().is_none());
+    history
+        .commit(vec![Write::CreateRun(run.clone()), Write::AppendEvent(event(&run.id, 1))])
+        .await
+        .unwrap();
+    let gate = PendingGate {
+        run_id: run.id.clone(),
+        gate_id: "review".to_owned(),
+        step_index: 1,
+        message: None,
+        artifact: None,
+        since: ts(1),
+        deadline: None,
+    };
+    history
+        .commit(vec![
+            Write::Transition(
+                run.id.clone(),
+                Transition {
+                    from: vec![RunStatus::Queued],
+                    update: RunUpdate::status(RunStatus::Waiting),
+                },
+            ),
+            Write::AddPendingGate(gate.clone()),
+            Write::AppendEvent(event(&run.id, 2)),
+        ])
+        .await
+        .unwrap();
+    let decision = GateDecision {
+        gate_id: "review".to_owned(),
+        decision: GateDecisionKind::Approve,
+        by: "lead".to_owned(),
+        at: ts(2),
+        comment: None,
+        patch: None,
+        artifact_before: None,
+        artifact_after: None,
+    };
+    // The decision, its running step closed and the status change would
+    // commit, but the event's seq is taken: nothing of it stays.
+    let mut running = finished_step(1, 1);
+    running.status = StepStatus::Running;
+    history.record_step(&run.id, &running).await.unwrap();
+    let lost = history
+        .commit(vec![
+            Write::DecideGate(run.id.clone(), decision.clone()),
+            Write::CloseSteps(
+                run.id.clone(),
+                CloseSteps { status: StepStatus::Failed, error: "cancelled".to_owned(), at: ts(3) },
+            ),
+            Write::Transition(
+                run.id.clone(),
+                Transition {
+                    from: vec![RunStatus::Waiting],
+                    update: RunUpdate::status(RunStatus::Running),
+                },
+            ),
+            Write::AppendEvent(event(&run.id, 2)),
+        ])
+        .await;
+    assert!(lost.is_err());
+    let detail = history.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(detail.run.status, RunStatus::Waiting);
+    assert_eq!(detail.pending_gates, vec![gate]);
+    assert!(detail.gate_decisions.is_empty());
+    assert_eq!(detail.steps[0].status, StepStatus::Running);
+    assert_eq!(history.last_seq(&run.id).await.unwrap(), 2);
+    // Now it commits, and a second decision loses.
+    history
+        .commit(vec![
+            Write::DecideGate(run.id.clone(), decision.clone()),
+            Write::CloseSteps(
+                run.id.clone(),
+                CloseSteps { status: StepStatus::Failed, error: "cancelled".to_owned(), at: ts(3) },
+            ),
+            Write::AppendEvent(event(&run.id, 3)),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(
+        history.commit(vec![Write::DecideGate(run.id.clone(), decision)]).await,
+        Err(Error::GateNotPending { .. })
+    ));
+    let detail = history.get_run(&run.id).await.unwrap().unwrap();
+    assert!(detail.pending_gates.is_empty());
+    assert_eq!(detail.gate_decisions.len(), 1);
+    assert_eq!(detail.steps[0].status, StepStatus::Failed);
+    assert_eq!(detail.steps[0].error.as_deref(), Some("cancelled"));
+}
+
+/// Of many concurrent compare-and-sets from the same status, exactly one
+/// commits, with its event; the others fail and append nothing.
+pub async fn concurrent_transitions_one_winner(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    for round in 0..10 {
+        let run = new_run(&format!("c{round}"), "nightly", round);
+        history.create_run(&run).await.unwrap();
+        let tasks: Vec<_> = [RunStatus::Running, RunStatus::Cancelled]
+            .into_iter()
+            .cycle()
+            .take(8)
+            .map(|status| {
+                let history = Arc::clone(&history);
+                let id = run.id.clone();
+                tokio::spawn(async move {
+                    history
+                        .commit(vec![
+                            Write::Transition(
+                                id.clone(),
+                                Transition {
+                                    from: vec![RunStatus::Queued],
+                                    update: RunUpdate::status(status),
+                                },
+                            ),
+                            Write::AppendEvent(event(&id, 1)),
+                        ])
+                        .await
+                        .map(|()| status)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            if let Ok(status) = task.await.unwrap() {
+                winners.push(status);
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let detail = history.get_run(&run.id).await.unwrap().unwrap();
+        assert_eq!(detail.run.status, winners[0]);
+        assert_eq!(history.events(&run.id, 0, 10).await.unwrap().len(), 1);
+    }
 }

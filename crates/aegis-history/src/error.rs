@@ -153,6 +153,25 @@ pub enum Error {
         gate_id: String,
     },
 
+    /// A compare-and-set on a run's status lost: the run's committed status
+    /// is not one the change is allowed from.
+    #[error("run {run_id} is {status}")]
+    StatusConflict {
+        /// The run id.
+        run_id: String,
+        /// The run's committed status.
+        status: String,
+    },
+
+    /// An event's `seq` is not the next one of its run's ledger.
+    #[error("event seq {seq} of run {run_id} is not the next in its ledger")]
+    SeqConflict {
+        /// The run id.
+        run_id: String,
+        /// The refused seq.
+        seq: u64,
+    },
+
     /// The WAL checkpoint thread could not be started.
     #[error("failed to start the history checkpoint thread")]
     SpawnWriter {

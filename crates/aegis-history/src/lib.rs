@@ -39,8 +39,9 @@ pub use backend::{HistoryBackend, UnfinishedRuns};
 pub use error::{Error, Result};
 pub use memory::InMemoryHistory;
 pub use model::{
-    Attempt, GateDecision, GateDecisionKind, ListQuery, MAX_PAGE_SIZE, NewRun, Page, PendingGate,
-    RunDetail, RunId, RunRecord, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger, Write,
+    Attempt, CloseSteps, EventRecord, GateDecision, GateDecisionKind, ListQuery, MAX_PAGE_SIZE,
+    NewRun, Page, PendingGate, RunDetail, RunId, RunRecord, RunStatus, RunUpdate, StepRecord,
+    StepStatus, Transition, Trigger, Write,
 };
 pub use options::{Durability, HistoryOptions};
 pub use sqlite::{SCHEMA_VERSION, SqliteHistory};

@@ -10,8 +10,8 @@ use crate::backend::{HistoryBackend, UnfinishedRuns};
 use crate::cursor;
 use crate::error::{Error, Result};
 use crate::model::{
-    GateDecision, ListQuery, MAX_PAGE_SIZE, NewRun, Page, PendingGate, RunDetail, RunId, RunRecord,
-    RunUpdate, StepRecord, Write,
+    CloseSteps, EventRecord, GateDecision, ListQuery, MAX_PAGE_SIZE, NewRun, Page, PendingGate,
+    RunDetail, RunId, RunRecord, RunUpdate, StepRecord, StepStatus, Transition, Write,
 };
 use crate::options::HistoryOptions;
 
@@ -32,11 +32,21 @@ struct State {
     pending: BTreeMap<(RunId, String), PendingGate>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     run: RunRecord,
     steps: BTreeMap<(u32, u32), StepRecord>,
     decisions: Vec<GateDecision>,
+    /// The run's ledger, `seq` 1, 2, 3, …
+    events: Vec<EventRecord>,
+}
+
+/// What a failed transaction restores: the entries and pending gates of
+/// the runs it touched, as they were before it.
+struct Saved {
+    run_id: RunId,
+    entry: Option<Entry>,
+    pending: Vec<PendingGate>,
 }
 
 impl InMemoryHistory {
@@ -65,7 +75,12 @@ impl State {
         self.order.insert((run.created_at, run.id.clone()));
         self.runs.insert(
             run.id.clone(),
-            Entry { run: RunRecord::from_new(run), steps: BTreeMap::new(), decisions: Vec::new() },
+            Entry {
+                run: RunRecord::from_new(run),
+                steps: BTreeMap::new(),
+                decisions: Vec::new(),
+                events: Vec::new(),
+            },
         );
         Ok(())
     }
@@ -90,6 +105,124 @@ impl State {
         self.entry(&gate.run_id)?;
         self.pending.insert((gate.run_id.clone(), gate.gate_id.clone()), gate);
         Ok(())
+    }
+
+    fn decide_gate(&mut self, run_id: &RunId, decision: &GateDecision) -> Result<()> {
+        let key = (run_id.clone(), decision.gate_id.clone());
+        if !self.pending.contains_key(&key) {
+            return Err(Error::GateNotPending {
+                run_id: run_id.to_string(),
+                gate_id: decision.gate_id.clone(),
+            });
+        }
+        self.entry(run_id)?.decisions.push(decision.clone());
+        self.pending.remove(&key);
+        Ok(())
+    }
+
+    /// The compare-and-set of a run's status; returns the workflow when the
+    /// run is now finished (for retention).
+    fn transition(&mut self, run_id: &RunId, transition: &Transition) -> Result<Option<String>> {
+        let entry = self.entry(run_id)?;
+        if !transition.from.contains(&entry.run.status) {
+            return Err(Error::StatusConflict {
+                run_id: run_id.to_string(),
+                status: entry.run.status.as_str().to_owned(),
+            });
+        }
+        entry.run.apply(&transition.update);
+        Ok(transition.update.status.is_finished().then(|| entry.run.workflow.clone()))
+    }
+
+    fn append_event(&mut self, event: EventRecord) -> Result<()> {
+        let entry = self.entry(&event.run_id)?;
+        let last = entry.events.last().map_or(0, |e| e.seq);
+        if event.seq != last + 1 {
+            return Err(Error::SeqConflict { run_id: event.run_id.to_string(), seq: event.seq });
+        }
+        entry.events.push(event);
+        Ok(())
+    }
+
+    fn close_steps(&mut self, run_id: &RunId, close: &CloseSteps) -> Result<()> {
+        let entry = self.entry(run_id)?;
+        for step in entry.steps.values_mut().filter(|s| s.status == StepStatus::Running) {
+            step.status = close.status;
+            step.error = Some(close.error.clone());
+            step.completed_at = Some(close.at);
+            step.duration_ms = step
+                .started_at
+                .map(|s| close.at.duration_since(s).as_millis().try_into().unwrap_or(0));
+        }
+        Ok(())
+    }
+
+    /// Applies one write of a transaction; returns a workflow to prune.
+    fn apply(&mut self, write: Write) -> Result<Option<String>> {
+        match write {
+            Write::CreateRun(run) => self.create_run(&run).map(|()| None),
+            Write::UpdateRun(run_id, update) => {
+                let entry = self.entry(&run_id)?;
+                entry.run.apply(&update);
+                Ok(update.status.is_finished().then(|| entry.run.workflow.clone()))
+            }
+            Write::RecordStep(run_id, step) => self.record_step(&run_id, step).map(|()| None),
+            Write::AddPendingGate(gate) => self.add_pending_gate(gate).map(|()| None),
+            Write::Transition(run_id, transition) => self.transition(&run_id, &transition),
+            Write::AppendEvent(event) => self.append_event(event).map(|()| None),
+            Write::DecideGate(run_id, decision) => {
+                self.decide_gate(&run_id, &decision).map(|()| None)
+            }
+            Write::CloseSteps(run_id, close) => self.close_steps(&run_id, &close).map(|()| None),
+        }
+    }
+
+    /// Applies every write or, when one fails, none.
+    fn commit(&mut self, writes: Vec<Write>, keep: u32) -> Result<()> {
+        let mut touched: Vec<RunId> = writes.iter().filter_map(run_of).cloned().collect();
+        touched.sort();
+        touched.dedup();
+        let saved: Vec<Saved> = touched
+            .into_iter()
+            .map(|run_id| Saved {
+                entry: self.runs.get(&run_id).cloned(),
+                pending: self.pending.values().filter(|g| g.run_id == run_id).cloned().collect(),
+                run_id,
+            })
+            .collect();
+        let mut finished = BTreeSet::new();
+        for write in writes {
+            match self.apply(write) {
+                Ok(workflow) => finished.extend(workflow),
+                Err(err) => {
+                    self.restore(saved);
+                    return Err(err);
+                }
+            }
+        }
+        for workflow in finished {
+            self.prune(&workflow, keep);
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, saved: Vec<Saved>) {
+        for Saved { run_id, entry, pending } in saved {
+            self.pending.retain(|(id, _), _| id != &run_id);
+            for gate in pending {
+                self.pending.insert((gate.run_id.clone(), gate.gate_id.clone()), gate);
+            }
+            match entry {
+                Some(entry) => {
+                    self.runs.insert(run_id, entry);
+                }
+                None => {
+                    if let Some(entry) = self.runs.remove(&run_id) {
+                        self.order.remove(&(entry.run.created_at, run_id));
+                    }
+                }
+            }
+        }
     }
 
     fn prune(&mut self, workflow: &str, keep: u32) -> u64 {
@@ -147,22 +280,41 @@ impl HistoryBackend for InMemoryHistory {
                 }
                 Write::RecordStep(run_id, step) => state.record_step(&run_id, step),
                 Write::AddPendingGate(gate) => state.add_pending_gate(gate),
+                other => state.commit(vec![other], self.max_records),
             })
             .collect()
     }
 
     async fn record_gate_decision(&self, run_id: &RunId, decision: &GateDecision) -> Result<()> {
-        let mut state = self.state();
-        let key = (run_id.clone(), decision.gate_id.clone());
-        if !state.pending.contains_key(&key) {
-            return Err(Error::GateNotPending {
-                run_id: run_id.to_string(),
-                gate_id: decision.gate_id.clone(),
-            });
-        }
-        state.entry(run_id)?.decisions.push(decision.clone());
-        state.pending.remove(&key);
-        Ok(())
+        self.state().decide_gate(run_id, decision)
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> Result<()> {
+        self.state().commit(writes, self.max_records)
+    }
+
+    async fn events(&self, run_id: &RunId, after: u64, limit: u32) -> Result<Vec<EventRecord>> {
+        let state = self.state();
+        let Some(entry) = state.runs.get(run_id) else { return Ok(Vec::new()) };
+        Ok(entry.events.iter().filter(|e| e.seq > after).take(limit as usize).cloned().collect())
+    }
+
+    async fn last_seq(&self, run_id: &RunId) -> Result<u64> {
+        let state = self.state();
+        Ok(state.runs.get(run_id).and_then(|e| e.events.last()).map_or(0, |e| e.seq))
+    }
+
+    async fn finished_since(&self, since: Timestamp) -> Result<Vec<RunId>> {
+        let state = self.state();
+        let mut runs: Vec<(Timestamp, RunId)> = state
+            .runs
+            .values()
+            .filter_map(|e| {
+                e.run.completed_at.filter(|at| *at >= since).map(|at| (at, e.run.id.clone()))
+            })
+            .collect();
+        runs.sort();
+        Ok(runs.into_iter().map(|(_, id)| id).collect())
     }
 
     async fn pending_gates(&self) -> Result<Vec<PendingGate>> {
@@ -245,5 +397,19 @@ impl HistoryBackend for InMemoryHistory {
 
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// The run a write belongs to.
+fn run_of(write: &Write) -> Option<&RunId> {
+    match write {
+        Write::CreateRun(run) => Some(&run.id),
+        Write::UpdateRun(run_id, _)
+        | Write::RecordStep(run_id, _)
+        | Write::Transition(run_id, _)
+        | Write::DecideGate(run_id, _)
+        | Write::CloseSteps(run_id, _) => Some(run_id),
+        Write::AddPendingGate(gate) => Some(&gate.run_id),
+        Write::AppendEvent(event) => Some(&event.run_id),
     }
 }

@@ -196,6 +196,58 @@ pub enum Write {
     RecordStep(RunId, StepRecord),
     /// [`crate::HistoryBackend::add_pending_gate`].
     AddPendingGate(PendingGate),
+    /// A compare-and-set on a run's status: applies the update only while the
+    /// run's committed status is one of `from`, else the write fails with
+    /// `StatusConflict` (and, inside [`crate::HistoryBackend::commit`], so
+    /// does the whole transaction).
+    Transition(RunId, Transition),
+    /// Appends one event to a run's ledger. Its `seq` must be exactly one
+    /// more than the run's last (the first is 1), else `SeqConflict`.
+    AppendEvent(EventRecord),
+    /// [`crate::HistoryBackend::record_gate_decision`]: fails with
+    /// `GateNotPending` when the gate is not waiting.
+    DecideGate(RunId, GateDecision),
+    /// Closes every step of the run still recorded `running` (a cancel or
+    /// an interruption ends the step that was executing).
+    CloseSteps(RunId, CloseSteps),
+}
+
+/// A compare-and-set on a run's status (see [`Write::Transition`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The statuses the change is allowed from.
+    pub from: Vec<RunStatus>,
+    /// The change.
+    pub update: RunUpdate,
+}
+
+/// How [`Write::CloseSteps`] closes the steps still `running`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloseSteps {
+    /// Their new status.
+    pub status: StepStatus,
+    /// Their error.
+    pub error: String,
+    /// When they ended.
+    pub at: Timestamp,
+}
+
+/// One event of a run's ledger, as stored: the envelope exactly as it was
+/// published, plus the fields stores index on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    /// The run.
+    pub run_id: RunId,
+    /// Position in the run's ledger: 1, 2, 3, … without gaps.
+    pub seq: u64,
+    /// The event id (unique across runs).
+    pub id: String,
+    /// The event type, such as `step.completed`.
+    pub event_type: String,
+    /// When it was emitted.
+    pub time: Timestamp,
+    /// The envelope as JSON text, byte for byte as published.
+    pub envelope: String,
 }
 
 /// A change to a run. `None` fields keep their stored value.

@@ -24,8 +24,8 @@ use tokio::sync::oneshot;
 use crate::backend::{HistoryBackend, UnfinishedRuns};
 use crate::error::{Error, Result};
 use crate::model::{
-    GateDecision, ListQuery, NewRun, Page, PendingGate, RunDetail, RunId, RunUpdate, StepRecord,
-    Write,
+    EventRecord, GateDecision, ListQuery, NewRun, Page, PendingGate, RunDetail, RunId, RunUpdate,
+    StepRecord, Write,
 };
 use crate::options::{Durability, HistoryOptions};
 
@@ -343,16 +343,30 @@ impl HistoryBackend for SqliteHistory {
     }
 
     async fn write_batch(&self, writes: Vec<Write>) -> Vec<Result<()>> {
-        let ops = writes
-            .into_iter()
-            .map(|write| match write {
-                Write::CreateRun(run) => Op::CreateRun(run),
-                Write::UpdateRun(run_id, update) => Op::UpdateRun(run_id, update),
-                Write::RecordStep(run_id, step) => Op::RecordStep(run_id, step),
-                Write::AddPendingGate(gate) => Op::AddPendingGate(gate),
-            })
-            .collect();
+        let ops = writes.into_iter().map(Op::from).collect();
         self.write_group(ops).await.into_iter().map(|outcome| outcome.map(drop)).collect()
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let ops = writes.into_iter().map(Op::from).collect();
+        self.write(Op::Atomic(ops)).await.map(drop)
+    }
+
+    async fn events(&self, run_id: &RunId, after: u64, limit: u32) -> Result<Vec<EventRecord>> {
+        let run_id = run_id.clone();
+        self.read(move |conn| read::events(conn, &run_id, after, limit)).await
+    }
+
+    async fn last_seq(&self, run_id: &RunId) -> Result<u64> {
+        let run_id = run_id.clone();
+        self.read(move |conn| read::last_seq(conn, &run_id)).await
+    }
+
+    async fn finished_since(&self, since: jiff::Timestamp) -> Result<Vec<RunId>> {
+        self.read(move |conn| read::finished_since(conn, since)).await
     }
 
     async fn record_gate_decision(&self, run_id: &RunId, decision: &GateDecision) -> Result<()> {

@@ -9,8 +9,8 @@ use crate::backend::UnfinishedRuns;
 use crate::cursor;
 use crate::error::Result;
 use crate::model::{
-    Attempt, GateDecision, ListQuery, MAX_PAGE_SIZE, Page, PendingGate, RunDetail, RunId,
-    RunRecord, StepRecord,
+    Attempt, EventRecord, GateDecision, ListQuery, MAX_PAGE_SIZE, Page, PendingGate, RunDetail,
+    RunId, RunRecord, StepRecord,
 };
 use crate::sqlite::codec::{
     RUN_COLUMNS, json_from_sql, ms_from_sql, opt_ts_from_sql, query_err, run_from_row, ts_from_sql,
@@ -230,4 +230,64 @@ pub(crate) fn get_run(conn: &Connection, id: &RunId) -> Result<Option<RunDetail>
 pub(crate) fn ping(conn: &Connection) -> Result<()> {
     conn.query_row("SELECT 1", params![], |_| Ok(())).optional().map_err(query_err)?;
     Ok(())
+}
+
+pub(crate) fn events(
+    conn: &Connection,
+    id: &RunId,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<EventRecord>> {
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, id, type, time, envelope FROM events \
+             WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(query_err)?;
+    let rows = stmt
+        .query_map(params![id.as_str(), after, limit], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, String>(4)?,
+            ))
+        })
+        .map_err(query_err)?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (seq, event_id, event_type, time, envelope) = row.map_err(query_err)?;
+        events.push(EventRecord {
+            run_id: id.clone(),
+            seq: u64::try_from(seq).map_err(|_| crate::Error::InvalidStoredValue {
+                what: "event seq",
+                value: seq.to_string(),
+            })?,
+            id: event_id,
+            event_type,
+            time: ts_from_sql(time)?,
+            envelope,
+        });
+    }
+    Ok(events)
+}
+
+pub(crate) fn last_seq(conn: &Connection, id: &RunId) -> Result<u64> {
+    let seq: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1")
+        .map_err(query_err)?
+        .query_row([id.as_str()], |row| row.get(0))
+        .map_err(query_err)?;
+    Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+pub(crate) fn finished_since(conn: &Connection, since: jiff::Timestamp) -> Result<Vec<RunId>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id FROM runs WHERE completed_at >= ?1 ORDER BY completed_at")
+        .map_err(query_err)?;
+    let rows =
+        stmt.query_map([ts_to_sql(since)?], |row| row.get::<_, String>(0)).map_err(query_err)?;
+    rows.map(|r| r.map(RunId::new).map_err(query_err)).collect()
 }

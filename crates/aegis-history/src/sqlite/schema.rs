@@ -81,6 +81,19 @@ CREATE TABLE pending_gates (
 ) WITHOUT ROWID;
 CREATE INDEX pending_gates_by_since ON pending_gates (since, run_id, gate_id);
 ",
+    // 2: the event ledger. Each run's events, `seq` 1, 2, 3, … without gaps,
+    // appended in the transaction of the state change they describe.
+    r"
+CREATE TABLE events (
+    run_id   TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    seq      INTEGER NOT NULL,
+    id       TEXT NOT NULL,
+    type     TEXT NOT NULL,
+    time     INTEGER NOT NULL,
+    envelope TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+",
 ];
 
 /// The schema version this build writes; a file with a higher

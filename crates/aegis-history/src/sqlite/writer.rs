@@ -22,7 +22,10 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::model::{GateDecision, NewRun, PendingGate, RunId, RunStatus, RunUpdate, StepRecord};
+use crate::model::{
+    CloseSteps, EventRecord, GateDecision, NewRun, PendingGate, RunId, RunStatus, RunUpdate,
+    StepRecord, Transition, Write,
+};
 use crate::sqlite::codec::{json_to_sql, ms_to_sql, opt_ts_to_sql, ts_to_sql};
 use crate::sqlite::{Conn, lock};
 
@@ -34,7 +37,27 @@ pub(crate) enum Op {
     RecordStep(RunId, StepRecord),
     AddPendingGate(PendingGate),
     RecordGateDecision(RunId, GateDecision),
+    Transition(RunId, Transition),
+    AppendEvent(EventRecord),
+    CloseSteps(RunId, CloseSteps),
+    /// Writes that commit together or not at all (`HistoryBackend::commit`).
+    Atomic(Vec<Op>),
     ApplyRetention,
+}
+
+impl From<Write> for Op {
+    fn from(write: Write) -> Self {
+        match write {
+            Write::CreateRun(run) => Op::CreateRun(run),
+            Write::UpdateRun(run_id, update) => Op::UpdateRun(run_id, update),
+            Write::RecordStep(run_id, step) => Op::RecordStep(run_id, step),
+            Write::AddPendingGate(gate) => Op::AddPendingGate(gate),
+            Write::Transition(run_id, transition) => Op::Transition(run_id, transition),
+            Write::AppendEvent(event) => Op::AppendEvent(event),
+            Write::DecideGate(run_id, decision) => Op::RecordGateDecision(run_id, decision),
+            Write::CloseSteps(run_id, close) => Op::CloseSteps(run_id, close),
+        }
+    }
 }
 
 /// A write and where to send its outcome (a count for `ApplyRetention`).
@@ -286,8 +309,114 @@ fn apply(conn: &Connection, op: &Op, keep: u32) -> Result<u64> {
         Op::RecordGateDecision(id, decision) => {
             record_gate_decision(conn, id, decision).map(|()| 0)
         }
+        Op::Transition(id, transition) => transition_run(conn, id, transition, keep),
+        Op::AppendEvent(event) => append_event(conn, event).map(|()| 0),
+        Op::CloseSteps(id, close) => close_steps(conn, id, close),
+        Op::Atomic(ops) => {
+            // A failing write fails the whole group; the caller (the batch)
+            // undoes it, alone or with its savepoint.
+            let mut total = 0;
+            for op in ops {
+                total += apply(conn, op, keep)?;
+            }
+            Ok(total)
+        }
         Op::ApplyRetention => apply_retention(conn, keep),
     }
+}
+
+/// `UPDATE … WHERE status IN (from)`: the compare-and-set of a run's status.
+fn transition_run(
+    conn: &Connection,
+    id: &RunId,
+    transition: &Transition,
+    keep: u32,
+) -> Result<u64> {
+    let from = if transition.from.is_empty() {
+        "NULL".to_owned()
+    } else {
+        transition.from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
+    };
+    let sql = format!(
+        "UPDATE runs SET status = ?2, started_at = COALESCE(?3, started_at), \
+         completed_at = COALESCE(?4, completed_at), duration_ms = COALESCE(?5, duration_ms), \
+         error = COALESCE(?6, error) WHERE id = ?1 AND status IN ({from}) RETURNING workflow"
+    );
+    let update = &transition.update;
+    let workflow: Option<String> = conn
+        .prepare_cached(&sql)
+        .map_err(write_err)?
+        .query_row(
+            params![
+                id.as_str(),
+                update.status.as_str(),
+                opt_ts_to_sql(update.started_at)?,
+                opt_ts_to_sql(update.completed_at)?,
+                update.duration_ms.map(ms_to_sql),
+                update.error,
+            ],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(write_err)?;
+    let Some(workflow) = workflow else {
+        let status: Option<String> = conn
+            .prepare_cached("SELECT status FROM runs WHERE id = ?1")
+            .map_err(write_err)?
+            .query_row([id.as_str()], |row| row.get(0))
+            .optional()
+            .map_err(write_err)?;
+        return Err(match status {
+            Some(status) => Error::StatusConflict { run_id: id.to_string(), status },
+            None => Error::RunNotFound { run_id: id.to_string() },
+        });
+    };
+    if update.status.is_finished() { prune_workflow(conn, &workflow, keep) } else { Ok(0) }
+}
+
+fn append_event(conn: &Connection, event: &EventRecord) -> Result<()> {
+    let seq = i64::try_from(event.seq)
+        .map_err(|_| Error::SeqConflict { run_id: event.run_id.to_string(), seq: event.seq })?;
+    // Appended only as the next seq of the run: never a gap, never a reuse.
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO events (run_id, seq, id, type, time, envelope) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6 \
+             WHERE ?2 = (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1)",
+        )
+        .map_err(write_err)?
+        .execute(params![
+            event.run_id.as_str(),
+            seq,
+            event.id,
+            event.event_type,
+            ts_to_sql(event.time)?,
+            event.envelope,
+        ]);
+    match inserted {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(Error::SeqConflict { run_id: event.run_id.to_string(), seq: event.seq }),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
+            // The run does not exist (foreign key) or the seq is taken.
+            ensure_run(conn, &event.run_id)?;
+            Err(Error::SeqConflict { run_id: event.run_id.to_string(), seq: event.seq })
+        }
+        Err(e) => Err(write_err(e)),
+    }
+}
+
+fn close_steps(conn: &Connection, id: &RunId, close: &CloseSteps) -> Result<u64> {
+    let at = ts_to_sql(close.at)?;
+    let closed = conn
+        .prepare_cached(
+            "UPDATE steps SET status = ?2, error = ?3, completed_at = ?4, \
+             duration_ms = MAX(0, (?4 - COALESCE(started_at, ?4)) / 1000000) \
+             WHERE run_id = ?1 AND status = 'running'",
+        )
+        .map_err(write_err)?
+        .execute(params![id.as_str(), close.status.as_str(), close.error, at])
+        .map_err(write_err)?;
+    Ok(closed as u64)
 }
 
 fn create_run(conn: &Connection, run: &NewRun) -> Result<()> {
