@@ -34,8 +34,7 @@ pub(crate) fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the engine runtime")?;
     let (engine, history) = engine_runtime.block_on(start_engine(Arc::clone(&config)))?;
-    let state =
-        web::Data::new(AppState::new(engine.clone()).with_runtime(engine_runtime.handle().clone()));
+    let state = web::Data::new(AppState::new(engine.clone()));
 
     let grace = config.server().shutdown_grace();
     let (host, port) = (settings.host.clone(), settings.port);

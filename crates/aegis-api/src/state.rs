@@ -5,9 +5,8 @@ use std::time::Instant;
 
 use aegis_auth::Authenticator;
 use aegis_config::Config;
-use aegis_core::{Engine, RunHandle, RunOptions};
+use aegis_core::Engine;
 
-use crate::error::ApiError;
 use aegis_history::HistoryBackend;
 
 /// The application state behind `web::Data`.
@@ -15,7 +14,6 @@ pub struct AppState {
     engine: Engine,
     auth: Authenticator,
     started: Instant,
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl AppState {
@@ -23,52 +21,7 @@ impl AppState {
     /// history store).
     pub fn new(engine: Engine) -> AppState {
         let auth = Authenticator::new(engine.config().auth());
-        AppState { engine, auth, started: Instant::now(), runtime: None }
-    }
-
-    /// Runs started through the API execute on this runtime instead of the HTTP worker
-    /// that accepted the request, so they outlive the worker and shutdown can wait for
-    /// them or record them interrupted.
-    pub fn with_runtime(mut self, runtime: tokio::runtime::Handle) -> AppState {
-        self.runtime = Some(runtime);
-        self
-    }
-
-    /// Submits a run on the engine's runtime.
-    pub(crate) async fn submit(
-        &self,
-        workflow: &str,
-        options: RunOptions,
-    ) -> crate::error::Result<RunHandle> {
-        let Some(runtime) = &self.runtime else {
-            return Ok(self.engine.submit(workflow, options).await?);
-        };
-        let engine = self.engine.clone();
-        let workflow = workflow.to_owned();
-        let submitted = runtime.spawn(async move { engine.submit(&workflow, options).await });
-        match submitted.await {
-            Ok(result) => Ok(result?),
-            Err(err) => Err(ApiError::Internal(format!("run submission failed: {err}"))),
-        }
-    }
-
-    /// Runs `work` on the engine's runtime (or here, without one), so that
-    /// what it spawns, such as a run resumed after a gate decision, outlives
-    /// the HTTP worker like runs started through [`AppState::submit`].
-    pub(crate) async fn on_engine<T, F, Fut>(&self, work: F) -> crate::error::Result<T>
-    where
-        F: FnOnce(Engine) -> Fut,
-        Fut: std::future::Future<Output = T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let engine = self.engine.clone();
-        let Some(runtime) = &self.runtime else {
-            return Ok(work(engine).await);
-        };
-        match runtime.spawn(work(engine)).await {
-            Ok(result) => Ok(result),
-            Err(err) => Err(ApiError::Internal(format!("engine task failed: {err}"))),
-        }
+        AppState { engine, auth, started: Instant::now() }
     }
 
     /// The engine.

@@ -4,23 +4,22 @@
 //! A step's data is stored once, in history (the step record's `data`), and
 //! served as `<step_id>.json` (pretty JSON) from there instead of as a file
 //! of its own: on ext4 every new file costs an inode allocation, and five of
-//! them per run were most of a run's cost. Until the run's records reach
-//! history (the run finishes or pauses), the engine serves the data from
-//! memory, from the moment its `artifact.created` event is published. Files
+//! them per run were most of a run's cost. The data commits with the step's
+//! `artifact.created` event, so an announced artifact is always there. Files
 //! that steps write themselves (`command`'s `.stdout.txt`, `write_artifact`)
 //! stay files in the run's folder, as does `events.jsonl`, which the engine
-//! writes behind the run: listing or reading the artifacts writes out its
+//! writes from the ledger: listing or reading the artifacts writes out its
 //! pending lines first, so it is always listed and complete.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use aegis_history::{RunDetail, RunId};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::event::EVENTS_FILE;
+use crate::ledger::EVENTS_FILE;
 
 /// One artifact of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,37 +41,8 @@ pub fn is_artifact_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// The step data of the runs executing in this process whose records may not
-/// be in history yet, by run and artifact name.
-#[derive(Debug, Default)]
-pub(crate) struct LiveArtifacts {
-    runs: Mutex<HashMap<RunId, Named>>,
-}
-
 /// Artifact contents by name.
 type Named = BTreeMap<String, Arc<[u8]>>;
-
-impl LiveArtifacts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Named>> {
-        match self.runs.lock() {
-            Ok(runs) => runs,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    pub(crate) fn insert(&self, run_id: &RunId, name: String, bytes: Arc<[u8]>) {
-        self.lock().entry(run_id.clone()).or_default().insert(name, bytes);
-    }
-
-    /// Forgets a run's data once its records are in history.
-    pub(crate) fn forget(&self, run_id: &RunId) {
-        self.lock().remove(run_id);
-    }
-
-    fn of(&self, run_id: &RunId) -> Named {
-        self.lock().get(run_id).cloned().unwrap_or_default()
-    }
-}
 
 /// `<step_id>.json` of each step with data, from its latest execution with data.
 fn step_data(detail: &RunDetail) -> Named {
@@ -111,18 +81,16 @@ impl Engine {
     /// step's data as `<step_id>.json`. `None` when history has no such run.
     pub async fn artifacts(&self, run_id: &RunId) -> Result<Option<Vec<Artifact>>> {
         let Some(detail) = self.history().get_run(run_id).await? else { return Ok(None) };
-        let mut data = step_data(&detail);
-        data.extend(self.inner().live.of(run_id));
+        let data = step_data(&detail);
         let dir = self.run_dir(run_id);
-        // `events.jsonl` is written behind the run: write out its pending
-        // lines first, so that it is listed, at its full size.
-        let live = self.inner().live_events_log(run_id);
+        // `events.jsonl` trails the ledger: write out its pending lines
+        // first, so that it is listed, at its full size.
         let listed = {
             let owned = dir.clone();
+            let engine = self.clone();
+            let run = run_id.clone();
             tokio::task::spawn_blocking(move || {
-                if let Some(log) = live {
-                    log.sync();
-                }
+                engine.inner().ledger.sync(Some(&run));
                 files(&owned)
             })
             .await
@@ -141,21 +109,18 @@ impl Engine {
         if !is_artifact_name(name) {
             return Ok(None);
         }
-        if let Some(bytes) = self.inner().live.of(run_id).get(name) {
-            return Ok(Some(bytes.to_vec()));
-        }
         let Some(detail) = self.history().get_run(run_id).await? else { return Ok(None) };
         if let Some(bytes) = step_data(&detail).get(name) {
             return Ok(Some(bytes.to_vec()));
         }
         let path = self.run_dir(run_id).join(name);
-        // `events.jsonl` is written behind the run: complete it first.
-        let live = self.inner().live_events_log(run_id).filter(|_| name == EVENTS_FILE);
+        // `events.jsonl` trails the ledger: complete it first.
+        let sync = (name == EVENTS_FILE).then(|| (self.clone(), run_id.clone()));
         let read = {
             let owned = path.clone();
             tokio::task::spawn_blocking(move || {
-                if let Some(log) = live {
-                    log.sync();
+                if let Some((engine, run)) = sync {
+                    engine.inner().ledger.sync(Some(&run));
                 }
                 std::fs::read(owned)
             })

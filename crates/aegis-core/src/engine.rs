@@ -1,5 +1,7 @@
 //! The [`Engine`]: admission (concurrency limits and the bounded queue),
-//! run lifecycle, cancellation, recovery at start and the event bus.
+//! submitting, cancelling, recovery at start, shutdown. Every change of a
+//! run's status goes through the state machine (`crate::lifecycle`) and is
+//! committed with its events by the ledger (`crate::ledger`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,19 +11,20 @@ use std::time::{Duration, Instant};
 
 use aegis_config::Config;
 use aegis_history::{
-    HistoryBackend, NewRun, RunId, RunRecord, RunStatus, RunUpdate, StepStatus, Trigger,
+    CloseSteps, GateDecision, GateDecisionKind, HistoryBackend, NewRun, RunDetail, RunId,
+    RunRecord, RunStatus, RunUpdate, StepStatus, Trigger, Write,
 };
 use indexmap::IndexMap;
+use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::{EventBus, Subscription};
 use crate::error::{Error, Result};
-use crate::event::{
-    EVENTS_FILE, Event, EventBus, EventData, EventLogs, RunCancelled, RunEvents, RunInterrupted,
-    RunLog, RunQueued, Subscription, WorkflowCompleted, read_events,
-};
+use crate::event::{Event, EventData, RunCancelled, RunInterrupted, RunQueued, WorkflowCompleted};
 use crate::health::{ServiceHealth, check_services};
-use crate::recorder::{Progress, Recorder};
+use crate::ledger::{Ledger, RunRef};
+use crate::lifecycle::Command;
 use crate::run::{RunExec, RunSummary, counts, millis};
 use crate::step::{Step, StepRegistry};
 
@@ -72,8 +75,8 @@ pub struct Recovery {
     /// Runs whose gate deadline passed while no process was running: decided
     /// now by the gate's `on_timeout`.
     pub expired: Vec<RunId>,
-    /// Runs whose gate was decided but not yet resumed when the process
-    /// stopped: resumed now as the recorded decision says.
+    /// Runs whose gate an earlier version recorded as decided but did not
+    /// resume before it stopped: resumed now as the recorded decision says.
     pub resumed: Vec<RunId>,
 }
 
@@ -85,9 +88,19 @@ pub struct EngineBuilder {
     registry: StepRegistry,
     client: Option<reqwest::Client>,
     bus_capacity: usize,
+    runtime: Option<Handle>,
 }
 
 impl EngineBuilder {
+    /// Runs the engine's tasks (runs, gate timers) on this runtime. By
+    /// default, the runtime that calls [`EngineBuilder::build`]. Every task
+    /// the engine starts is spawned here, whichever runtime calls it, so a
+    /// caller on another runtime (actix-web's workers) needs no hop.
+    pub fn runtime(mut self, runtime: Handle) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
     /// Registers a step type (or replaces a built-in one).
     pub fn step_type(mut self, type_name: impl Into<String>, step: Arc<dyn Step>) -> Self {
         self.registry.register(type_name, step);
@@ -106,7 +119,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Checks that every step type the workflows use is registered and builds the engine.
+    /// Checks that every step type the workflows use is registered and builds
+    /// the engine. Without [`EngineBuilder::runtime`], must be called on a
+    /// tokio runtime (the engine's).
     pub fn build(self) -> Result<Engine> {
         for workflow in self.config.workflows().values() {
             for step in workflow.steps() {
@@ -134,22 +149,25 @@ impl EngineBuilder {
             })
             .collect();
         let runs_dir = self.config.data_dir().join("runs");
-        let logs = EventLogs::start().map_err(|e| Error::io(&runs_dir, e))?;
+        let runtime = match self.runtime {
+            Some(runtime) => runtime,
+            None => Handle::try_current().map_err(|_| Error::NoRuntime)?,
+        };
+        let bus = Arc::new(EventBus::new(self.bus_capacity, self.config.event_log_size()));
+        let ledger = Ledger::new(Arc::clone(&self.history), bus, runs_dir.clone())
+            .map_err(|e| Error::io(&runs_dir, e))?;
         let inner = Inner {
             runs_dir,
-            logs,
-            bus: Arc::new(EventBus::new(self.bus_capacity, self.config.event_log_size())),
+            ledger,
+            runtime,
             global: Arc::new(Semaphore::new(server.max_concurrent_runs().max(1))),
             max_queued: server.max_queued_runs(),
             queued: AtomicUsize::new(0),
             workflow_limits,
             active: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
-            deciding: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
             interrupting: AtomicBool::new(false),
-            live: crate::artifact::LiveArtifacts::default(),
-            progress: Progress::new(Arc::clone(&self.history)),
             history: self.history,
             registry: self.registry,
             client,
@@ -171,32 +189,24 @@ pub(crate) struct Inner {
     pub(crate) history: Arc<dyn HistoryBackend>,
     pub(crate) registry: StepRegistry,
     pub(crate) client: reqwest::Client,
-    pub(crate) bus: Arc<EventBus>,
-    /// Step data not yet in history, served as `<step_id>.json` meanwhile.
-    pub(crate) live: crate::artifact::LiveArtifacts,
-    /// Writes the runs' progress to history behind them.
-    pub(crate) progress: Progress,
+    /// Commits state changes with their events, then publishes them.
+    pub(crate) ledger: Ledger,
+    /// Where every task of the engine runs.
+    runtime: Handle,
     runs_dir: PathBuf,
-    /// The runs' `events.jsonl` files, written behind the runs by one thread.
-    logs: EventLogs,
     global: Arc<Semaphore>,
     workflow_limits: HashMap<String, Arc<Semaphore>>,
     max_queued: usize,
-    pub(crate) queued: AtomicUsize,
+    queued: AtomicUsize,
     /// The runs executing in this process, each with the generation of its
     /// execution (a run resumed after a gate is a new execution of the same id).
     active: Mutex<HashMap<RunId, (u64, CancellationToken)>>,
     generation: AtomicU64,
-    /// Held while a gate is decided or a waiting run is cancelled, so that the
-    /// checks and the changes of one decision are never interleaved with
-    /// another's in this process; across processes the history store's
-    /// `record_gate_decision` is the arbiter.
-    pub(crate) deciding: tokio::sync::Mutex<()>,
     /// Set by [`Engine::shutdown`]: no new runs are accepted.
     closing: AtomicBool,
     /// Set by [`Engine::shutdown`] once the grace period is over: a run stopped now
     /// ends `interrupted` rather than `cancelled`, and a queued one stays queued.
-    pub(crate) interrupting: AtomicBool,
+    interrupting: AtomicBool,
 }
 
 impl Inner {
@@ -204,53 +214,16 @@ impl Inner {
         self.runs_dir.join(run_id.as_str())
     }
 
-    /// The events of a run just created: no file I/O, `seq` from 0.
-    pub(crate) fn create_events(
-        &self,
-        run_id: &RunId,
-        workflow: &str,
-        request_id: Option<String>,
-    ) -> RunEvents {
-        let log = self.logs.create(&self.run_dir(run_id), run_id.as_str());
-        RunEvents::new(
-            &self.logs,
-            log,
-            run_id.as_str(),
-            workflow,
-            request_id,
-            Arc::clone(&self.bus),
-        )
+    /// Starts a task of the engine on its own runtime.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(task);
     }
 
-    /// The events of an existing run, continuing after its last `seq` (from
-    /// memory when its log is alive in this process, else from its file).
-    pub(crate) fn open_events(
-        &self,
-        run_id: &RunId,
-        workflow: &str,
-        request_id: Option<String>,
-    ) -> RunEvents {
-        let log = self.logs.open(&self.run_dir(run_id), run_id.as_str());
-        RunEvents::new(
-            &self.logs,
-            log,
-            run_id.as_str(),
-            workflow,
-            request_id,
-            Arc::clone(&self.bus),
-        )
-    }
-
-    /// A run's `events.jsonl` log, when it is alive in this process; when it
-    /// is not, the file holds every event. Its `sync` blocks on file I/O:
-    /// call it off the async threads.
-    pub(crate) fn live_events_log(&self, run_id: &RunId) -> Option<Arc<RunLog>> {
-        self.logs.live(run_id.as_str())
-    }
-
-    /// Forgets a run that reached a final status or paused at a gate, so that
-    /// [`Engine::cancel`] no longer finds it; called before the event that
-    /// announces it.
+    /// Forgets a run that reached a final status or paused at a gate: it
+    /// is no longer executing here. Called after the commit that says so.
     pub(crate) fn settled(&self, run_id: &RunId, generation: u64) {
         let mut active = self.active();
         if active.get(run_id).is_some_and(|(g, _)| *g == generation) {
@@ -258,9 +231,22 @@ impl Inner {
         }
     }
 
+    /// Stops the execution of a run in this process, if there is one (its
+    /// end was committed by someone else).
+    fn stop(&self, run_id: &RunId) {
+        if let Some((_, token)) = self.active().get(run_id) {
+            token.cancel();
+        }
+    }
+
     /// Whether the engine is shutting down.
     pub(crate) fn closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    /// Whether runs stopped now are interrupted by the shutdown.
+    pub(crate) fn interrupting(&self) -> bool {
+        self.interrupting.load(Ordering::Acquire)
     }
 
     fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, (u64, CancellationToken)>> {
@@ -299,7 +285,7 @@ pub(crate) enum Admission {
 #[derive(Debug, Clone)]
 pub struct RunHandle {
     run_id: RunId,
-    cancel: CancellationToken,
+    engine: std::sync::Weak<Inner>,
     done: watch::Receiver<Option<Arc<RunSummary>>>,
 }
 
@@ -309,9 +295,18 @@ impl RunHandle {
         &self.run_id
     }
 
-    /// Asks the run to stop; the current step is abandoned promptly.
+    /// Asks the run to stop, as [`Engine::cancel`] does (by `handle`); the
+    /// current step is abandoned promptly. Returns at once.
     pub fn cancel(&self) {
-        self.cancel.cancel();
+        let Some(inner) = self.engine.upgrade() else { return };
+        let engine = Engine { inner: Arc::clone(&inner) };
+        let run_id = self.run_id.clone();
+        inner.spawn(async move {
+            match engine.cancel(&run_id, "handle", None).await {
+                Ok(()) | Err(Error::RunFinished { .. }) => {}
+                Err(err) => log::error!("run_id={run_id}: cannot cancel: {err}"),
+            }
+        });
     }
 
     /// Waits until the run finishes or pauses at a gate.
@@ -339,6 +334,7 @@ impl Engine {
             registry: StepRegistry::with_builtins(),
             client: None,
             bus_capacity: DEFAULT_BUS_CAPACITY,
+            runtime: None,
         }
     }
 
@@ -359,50 +355,35 @@ impl Engine {
 
     /// Follows every event from now on.
     pub fn subscribe(&self) -> Subscription {
-        self.inner.bus.subscribe()
+        self.inner.ledger.bus().subscribe()
     }
 
     /// The last `event_log_size` events, oldest first.
     pub fn recent_events(&self) -> Vec<Arc<Event>> {
-        self.inner.bus.recent()
+        self.inner.ledger.bus().recent()
     }
 
     /// The folder of a run's events and artifacts, `data_dir/runs/<run_id>/`.
     ///
-    /// Its `events.jsonl` is written behind the run, within milliseconds; read
-    /// a run's events with [`Engine::run_events`], or call
+    /// Its `events.jsonl` is written from the ledger and may trail it by
+    /// moments: read a run's events with [`Engine::run_events`], or call
     /// [`Engine::sync_events`] before reading the file.
     pub fn run_dir(&self, run_id: &RunId) -> PathBuf {
         self.inner.run_dir(run_id)
     }
 
-    /// A run's events with `seq > after`, in order, as in its `events.jsonl`:
-    /// every event emitted before the call is included (the run's lines not
-    /// yet written behind it are written out first). Lines that do not parse
-    /// (a write cut short by a crash) are skipped with a warning. Empty when
+    /// A run's committed events with `seq > after`, in order, from the
+    /// ledger in history: every event anyone has seen is there. Empty when
     /// the run has no events.
     pub async fn run_events(&self, run_id: &RunId, after: u64) -> Result<Vec<Event>> {
-        let live = self.inner.live_events_log(run_id);
-        let path = self.inner.run_dir(run_id).join(EVENTS_FILE);
-        let owned = path.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            if let Some(log) = live {
-                log.sync();
-            }
-            read_events(&owned, after)
-        })
-        .await
-        .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
-        read.map_err(|e| Error::io(&path, e))
+        Ok(self.inner.ledger.events(run_id, after).await?)
     }
 
-    /// Writes out every run's event lines not yet in its `events.jsonl`, so
-    /// that the files hold every event emitted before the call. The engine
-    /// does this behind the runs anyway, within milliseconds, and
-    /// [`Engine::shutdown`] ends with it. Blocks on file I/O: from async code,
-    /// call it in `spawn_blocking`.
+    /// Writes out every run's committed event lines not yet in its
+    /// `events.jsonl`. Blocks on file I/O: from async code, call it in
+    /// `spawn_blocking`.
     pub fn sync_events(&self) {
-        self.inner.logs.sync_all();
+        self.inner.ledger.sync(None);
     }
 
     /// Checks every configured service's health concurrently.
@@ -412,6 +393,7 @@ impl Engine {
 
     /// Submits a run of a workflow. It starts at once if a slot is free, else
     /// waits in the queue; fails with [`Error::QueueFull`] when the queue is full.
+    /// The run and its `run.queued` event are committed before this returns.
     pub async fn submit(&self, workflow: &str, options: RunOptions) -> Result<RunHandle> {
         if self.inner.closing.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
@@ -427,11 +409,18 @@ impl Engine {
             request_id: options.request_id.clone(),
             created_at: jiff::Timestamp::now(),
         };
-        self.inner.history.create_run(&run).await?;
-        let events = Arc::new(self.inner.create_events(&run.id, workflow, options.request_id));
-        events.emit(EventData::RunQueued(RunQueued { trigger: run.trigger.as_str().to_owned() }));
+        let reference = RunRef {
+            id: run.id.clone(),
+            workflow: workflow.to_owned(),
+            request_id: options.request_id,
+        };
+        let queued = EventData::RunQueued(RunQueued { trigger: run.trigger.as_str().to_owned() });
+        self.inner
+            .ledger
+            .commit_new(&reference, vec![Write::CreateRun(run.clone())], vec![queued])
+            .await?;
         log::debug!("run_id={}: queued for workflow {workflow}", run.id);
-        Ok(self.spawn(run.id, workflow.to_owned(), run.trigger, events, admission, None))
+        Ok(self.spawn(reference, run.trigger, admission, None))
     }
 
     /// Submits a run and waits for it to finish (or pause at a gate).
@@ -439,16 +428,99 @@ impl Engine {
         self.submit(workflow, options).await?.wait().await
     }
 
-    /// Cancels a queued or running run of this process. Returns whether the
-    /// run was found.
-    pub fn cancel(&self, run_id: &RunId) -> bool {
-        match self.inner.active().get(run_id) {
-            Some((_, token)) => {
-                token.cancel();
-                true
+    /// Cancels a run that is queued, running or waiting at a gate, as `by`
+    /// (a key id; recorded as the rejection of a pending gate). The run's
+    /// end (`cancelled`, `run.cancelled`, `workflow.completed`) is committed
+    /// before this returns, as a compare-and-set: it wins over anything not
+    /// committed yet (a decision, the run's own completion), and when it
+    /// returns `Ok` the run ends `cancelled`. Fails with
+    /// [`Error::RunFinished`] when the run had already ended, and
+    /// [`Error::UnknownRun`] when there is no such run.
+    pub async fn cancel(&self, run_id: &RunId, by: &str, request_id: Option<String>) -> Result<()> {
+        // A lost race (a decision or a step committed between the read and
+        // the commit) is retried on the new state; each retry follows a
+        // commit by someone else, so this ends.
+        for _ in 0..16 {
+            let Some(detail) = self.inner.history.get_run(run_id).await? else {
+                return Err(Error::UnknownRun(run_id.to_string()));
+            };
+            if detail.run.status.is_finished() {
+                return Err(Error::RunFinished {
+                    run_id: run_id.to_string(),
+                    status: detail.run.status.as_str().to_owned(),
+                });
             }
-            None => false,
+            let now = jiff::Timestamp::now();
+            let reason = "cancelled".to_owned();
+            let duration_ms = detail.run.started_at.map_or(0, |s| elapsed_ms(s, now));
+            let update = RunUpdate {
+                status: RunStatus::Cancelled,
+                started_at: None,
+                completed_at: Some(now),
+                duration_ms: Some(duration_ms),
+                error: Some(reason.clone()),
+            };
+            let mut writes = vec![
+                Command::Cancel.write(run_id, update),
+                Write::CloseSteps(
+                    run_id.clone(),
+                    CloseSteps { status: StepStatus::Failed, error: reason.clone(), at: now },
+                ),
+            ];
+            let mut step_id = detail
+                .steps
+                .iter()
+                .filter(|s| s.status == StepStatus::Running)
+                .map(|s| s.step_id.clone())
+                .next();
+            for pending in &detail.pending_gates {
+                step_id = Some(pending.gate_id.clone());
+                writes.push(Write::DecideGate(
+                    run_id.clone(),
+                    GateDecision {
+                        gate_id: pending.gate_id.clone(),
+                        decision: GateDecisionKind::Reject,
+                        by: by.to_owned(),
+                        at: now,
+                        comment: Some("the run was cancelled".to_owned()),
+                        patch: None,
+                        artifact_before: None,
+                        artifact_after: None,
+                    },
+                ));
+            }
+            let total = self
+                .inner
+                .config
+                .workflows()
+                .get(&detail.run.workflow)
+                .map_or(0, |w| w.steps().len());
+            let events = vec![
+                EventData::RunCancelled(RunCancelled { step_id }),
+                EventData::WorkflowCompleted(WorkflowCompleted {
+                    status: RunStatus::Cancelled.as_str().to_owned(),
+                    success: false,
+                    duration_ms,
+                    summary: counts(total, &crate::gate::rebuild(&detail.steps, usize::MAX)),
+                    error: Some(reason),
+                }),
+            ];
+            let reference = run_ref(&detail.run).with_request(request_id.clone());
+            match self.inner.ledger.commit(&reference, writes, events).await {
+                Ok(_) => {
+                    self.inner.stop(run_id);
+                    self.inner.ledger.forget(run_id);
+                    log::info!("run_id={run_id}: cancelled by {by}");
+                    return Ok(());
+                }
+                Err(
+                    aegis_history::Error::StatusConflict { .. }
+                    | aegis_history::Error::GateNotPending { .. },
+                ) => continue,
+                Err(err) => return Err(err.into()),
+            }
         }
+        Err(Error::RunAborted(run_id.to_string()))
     }
 
     /// How many runs wait for a slot right now.
@@ -478,15 +550,24 @@ impl Engine {
         for (_, token) in &remaining {
             token.cancel();
         }
-        // Stopping abandons the current step at once; recording takes a moment.
-        let settle = Instant::now() + Duration::from_secs(10);
+        // Stopping abandons the current step at once; committing takes a moment.
+        let settle = Instant::now() + Duration::from_secs(2);
         while !self.inner.active().is_empty() && Instant::now() < settle {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let stopped: Vec<RunId> = remaining.into_iter().map(|(id, _)| id).collect();
-        // Every run's events.jsonl holds every event emitted so far.
         let engine = self.clone();
-        if let Err(err) = tokio::task::spawn_blocking(move || engine.sync_events()).await {
+        let marker = self.process_marker();
+        let synced = tokio::task::spawn_blocking(move || {
+            engine.sync_events();
+            // Every file holds its ledger: the next start need not check them.
+            if marker.exists()
+                && let Err(err) = std::fs::write(&marker, "clean\n")
+            {
+                log::warn!("cannot write {}: {err}", marker.display());
+            }
+        });
+        if let Err(err) = synced.await {
             log::error!("cannot write out the runs' events.jsonl: {err}");
         }
         Ok(Shutdown { finished: before.saturating_sub(stopped.len()), stopped })
@@ -494,94 +575,218 @@ impl Engine {
 
     /// Recovers the runs a previous process left unfinished. Call once at
     /// start, before serving: runs left `running` become `interrupted` (with a
-    /// `run.interrupted` event), runs left `queued` are started again, runs
-    /// `waiting` at a gate keep waiting.
+    /// `run.interrupted` event) and are never executed again, runs left
+    /// `queued` are started, runs `waiting` at a gate keep waiting (gates
+    /// whose deadline passed meanwhile are decided now). A run whose records
+    /// cannot be read is marked `failed` with the reason; one bad run never
+    /// stops the start. The `events.jsonl` of every unfinished run, and of
+    /// runs finished since `since` (the previous process's start), is
+    /// completed from the ledger: `data_dir/.aegis-process` says when the
+    /// previous process started, and whether it stopped cleanly.
     pub async fn recover(&self) -> Result<Recovery> {
+        let since = self.mark_process_start().await;
         let unfinished = self.inner.history.unfinished().await?;
         let mut recovery = Recovery::default();
+        let mut files: Vec<RunId> = Vec::new();
+        for run in unfinished.running.iter().chain(&unfinished.queued).chain(&unfinished.waiting) {
+            if let Err(err) = self.inner.ledger.import_file(&run.id).await {
+                log::error!(
+                    "run_id={}: cannot take its events.jsonl into the ledger: {err}",
+                    run.id
+                );
+            }
+        }
         for run in unfinished.running {
-            self.interrupt(&run).await?;
-            recovery.interrupted.push(run.id);
+            files.push(run.id.clone());
+            match self.interrupt(&run).await {
+                Ok(()) => recovery.interrupted.push(run.id),
+                Err(err) => self.fail_unreadable(&run, &err).await,
+            }
         }
         for run in unfinished.queued {
-            let events =
-                Arc::new(self.inner.open_events(&run.id, &run.workflow, run.request_id.clone()));
+            files.push(run.id.clone());
+            let reference = run_ref(&run);
             if !self.inner.config.workflows().contains_key(&run.workflow) {
                 let reason = format!("workflow {:?} no longer exists", run.workflow);
-                self.end_unstarted(&run.id, &events, RunStatus::Interrupted, &reason).await?;
-                recovery.interrupted.push(run.id);
+                match self.end_unstarted(&reference, &reason).await {
+                    Ok(()) => recovery.interrupted.push(run.id),
+                    Err(err) => self.fail_unreadable(&run, &err).await,
+                }
                 continue;
             }
             self.inner.queued.fetch_add(1, Ordering::AcqRel);
             let place = Admission::Queued(QueuePlace(Arc::clone(&self.inner)));
-            self.spawn(run.id.clone(), run.workflow.clone(), run.trigger, events, place, None);
+            self.spawn(reference, run.trigger, place, None);
             recovery.requeued.push(run.id);
         }
         for run in unfinished.waiting {
-            if self.resume_decided(&run.id).await? {
-                recovery.resumed.push(run.id);
-            } else {
-                recovery.waiting.push(run.id);
+            files.push(run.id.clone());
+            match self.resume_decided(&run.id).await {
+                Ok(true) => recovery.resumed.push(run.id),
+                Ok(false) => recovery.waiting.push(run.id),
+                Err(err) => self.fail_unreadable(&run, &err).await,
+            }
+        }
+        if let Some(since) = since {
+            files.extend(self.inner.history.finished_since(since).await?);
+        }
+        for run_id in &files {
+            if let Err(err) = self.inner.ledger.complete_file(run_id).await {
+                log::error!("run_id={run_id}: cannot complete events.jsonl: {err}");
             }
         }
         recovery.expired = self.arm_gate_timers().await?;
         recovery.waiting.retain(|id| !recovery.expired.contains(id));
         log::info!(
-            "recovered runs: {} interrupted, {} requeued, {} waiting, {} gates expired, {} resumed",
+            "recovered runs: {} interrupted, {} requeued, {} waiting, {} gates expired",
             recovery.interrupted.len(),
             recovery.requeued.len(),
             recovery.waiting.len(),
             recovery.expired.len(),
-            recovery.resumed.len()
         );
         Ok(recovery)
     }
 
-    async fn interrupt(&self, run: &RunRecord) -> Result<()> {
-        let events = self.inner.open_events(&run.id, &run.workflow, run.request_id.clone());
+    /// The marker of this process's run in `data_dir`: when the previous
+    /// process started, unless it shut down cleanly. Writes this start.
+    async fn mark_process_start(&self) -> Option<jiff::Timestamp> {
+        let path = self.process_marker();
         let now = jiff::Timestamp::now();
-        let mut step_id = None;
-        if let Some(detail) = self.inner.history.get_run(&run.id).await? {
-            for mut step in detail.steps.into_iter().filter(|s| s.status == StepStatus::Running) {
-                step_id = Some(step.step_id.clone());
-                step.status = StepStatus::Failed;
-                step.error = Some("interrupted: the process stopped during this step".into());
-                step.completed_at = Some(now);
-                self.inner.history.record_step(&run.id, &step).await?;
+        tokio::task::spawn_blocking(move || {
+            let previous = std::fs::read_to_string(&path).ok().and_then(|text| {
+                let nanos = text.trim().strip_prefix("running ")?.parse::<i128>().ok()?;
+                jiff::Timestamp::from_nanosecond(nanos).ok()
+            });
+            if let Some(dir) = path.parent()
+                && let Err(err) = std::fs::create_dir_all(dir).and_then(|()| {
+                    std::fs::write(&path, format!("running {}\n", now.as_nanosecond()))
+                })
+            {
+                log::warn!("cannot write {}: {err}", path.display());
             }
-        }
-        let reason = "the process stopped while the run was running".to_owned();
-        let duration_ms =
-            run.started_at.and_then(|s| now.duration_since(s).try_into().ok()).map(millis);
+            previous
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    fn process_marker(&self) -> PathBuf {
+        self.inner.config.data_dir().join(".aegis-process")
+    }
+
+    /// Marks a run whose records cannot be read (or recovered) `failed`,
+    /// with the reason, so that it never blocks a start again.
+    async fn fail_unreadable(&self, run: &RunRecord, err: &Error) {
+        let reason = format!("cannot recover the run: {err}");
+        log::error!("run_id={}: {reason}", run.id);
         let update = RunUpdate {
-            status: RunStatus::Interrupted,
+            status: RunStatus::Failed,
             started_at: None,
-            completed_at: Some(now),
-            duration_ms,
+            completed_at: Some(jiff::Timestamp::now()),
+            duration_ms: None,
             error: Some(reason.clone()),
         };
-        self.inner.history.update_run(&run.id, &update).await?;
-        events.emit(EventData::RunInterrupted(RunInterrupted { step_id, reason: reason.clone() }));
-        events.emit(EventData::WorkflowCompleted(WorkflowCompleted {
-            status: RunStatus::Interrupted.as_str().to_owned(),
+        let write = Write::Transition(
+            run.id.clone(),
+            aegis_history::Transition {
+                from: vec![RunStatus::Queued, RunStatus::Running, RunStatus::Waiting],
+                update,
+            },
+        );
+        let events = vec![EventData::WorkflowCompleted(WorkflowCompleted {
+            status: RunStatus::Failed.as_str().to_owned(),
             success: false,
-            duration_ms: duration_ms.unwrap_or(0),
-            summary: Default::default(),
+            duration_ms: 0,
+            summary: counts(0, &IndexMap::new()),
             error: Some(reason),
-        }));
+        })];
+        if let Err(err) = self.inner.ledger.commit(&run_ref(run), vec![write], events).await {
+            log::error!("run_id={}: cannot mark it failed: {err}", run.id);
+        }
+        self.inner.ledger.forget(&run.id);
+    }
+
+    /// Ends a run left `running` by a previous process: `interrupted`, with
+    /// the step it was in closed, in one commit.
+    async fn interrupt(&self, run: &RunRecord) -> Result<()> {
+        let now = jiff::Timestamp::now();
+        let detail = self.inner.history.get_run(&run.id).await?;
+        let step_id = detail.as_ref().and_then(|d| {
+            d.steps.iter().find(|s| s.status == StepStatus::Running).map(|s| s.step_id.clone())
+        });
+        let summary = detail.as_ref().map(|d| crate::gate::rebuild(&d.steps, usize::MAX));
+        let reason = "the process stopped while the run was running".to_owned();
+        let duration_ms = run.started_at.map(|s| elapsed_ms(s, now));
+        let writes = vec![
+            Command::Interrupt.write(
+                &run.id,
+                RunUpdate {
+                    status: RunStatus::Interrupted,
+                    started_at: None,
+                    completed_at: Some(now),
+                    duration_ms,
+                    error: Some(reason.clone()),
+                },
+            ),
+            Write::CloseSteps(
+                run.id.clone(),
+                CloseSteps {
+                    status: StepStatus::Failed,
+                    error: "interrupted: the process stopped during this step".to_owned(),
+                    at: now,
+                },
+            ),
+        ];
+        let total = self.inner.config.workflows().get(&run.workflow).map_or(0, |w| w.steps().len());
+        let events = vec![
+            EventData::RunInterrupted(RunInterrupted { step_id, reason: reason.clone() }),
+            EventData::WorkflowCompleted(WorkflowCompleted {
+                status: RunStatus::Interrupted.as_str().to_owned(),
+                success: false,
+                duration_ms: duration_ms.unwrap_or(0),
+                summary: counts(total, &summary.unwrap_or_default()),
+                error: Some(reason),
+            }),
+        ];
+        match self.inner.ledger.commit(&run_ref(run), writes, events).await {
+            Ok(_) | Err(aegis_history::Error::StatusConflict { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+        self.inner.ledger.forget(&run.id);
         log::warn!("run_id={}: marked interrupted", run.id);
         Ok(())
     }
 
-    /// Ends a run that never started (cancelled in the queue, or unrunnable).
-    async fn end_unstarted(
-        &self,
-        run_id: &RunId,
-        events: &RunEvents,
-        status: RunStatus,
-        reason: &str,
-    ) -> Result<()> {
-        end_unstarted(&self.inner, run_id, events, status, reason, 0).await
+    /// Ends a queued run that can never start (its workflow is gone).
+    async fn end_unstarted(&self, run: &RunRef, reason: &str) -> Result<()> {
+        let update = RunUpdate {
+            status: RunStatus::Interrupted,
+            started_at: None,
+            completed_at: Some(jiff::Timestamp::now()),
+            duration_ms: Some(0),
+            error: Some(reason.to_owned()),
+        };
+        let events = vec![
+            EventData::RunInterrupted(RunInterrupted { step_id: None, reason: reason.to_owned() }),
+            EventData::WorkflowCompleted(WorkflowCompleted {
+                status: RunStatus::Interrupted.as_str().to_owned(),
+                success: false,
+                duration_ms: 0,
+                summary: counts(0, &IndexMap::new()),
+                error: Some(reason.to_owned()),
+            }),
+        ];
+        let write = Write::Transition(
+            run.id.clone(),
+            aegis_history::Transition { from: vec![RunStatus::Queued], update },
+        );
+        match self.inner.ledger.commit(run, vec![write], events).await {
+            Ok(_) | Err(aegis_history::Error::StatusConflict { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+        self.inner.ledger.forget(&run.id);
+        Ok(())
     }
 
     /// Slots for a run resumed after a gate: like [`Engine::admit`], but a run
@@ -625,37 +830,57 @@ impl Engine {
 
     pub(crate) fn spawn(
         &self,
-        run_id: RunId,
-        workflow: String,
+        run: RunRef,
         trigger: Trigger,
-        events: Arc<RunEvents>,
         admission: Admission,
         resume: Option<Resume>,
     ) -> RunHandle {
         let cancel = CancellationToken::new();
         let (done_tx, done) = watch::channel(None);
         let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        self.inner.active().insert(run_id.clone(), (generation, cancel.clone()));
-        let handle = RunHandle { run_id: run_id.clone(), cancel: cancel.clone(), done };
+        self.inner.active().insert(run.id.clone(), (generation, cancel.clone()));
+        let handle =
+            RunHandle { run_id: run.id.clone(), engine: Arc::downgrade(&self.inner), done };
         let inner = Arc::clone(&self.inner);
-        tokio::spawn(async move {
-            let summary = drive(
-                Arc::clone(&inner),
-                run_id.clone(),
-                workflow,
-                trigger,
-                events,
-                admission,
-                cancel,
-                generation,
-                resume,
-            )
-            .await;
+        self.inner.spawn(async move {
+            let run_id = run.id.clone();
+            let summary =
+                drive(Arc::clone(&inner), run, trigger, admission, cancel, generation, resume)
+                    .await;
             inner.settled(&run_id, generation);
             done_tx.send_replace(Some(Arc::new(summary)));
         });
         handle
     }
+}
+
+/// The reference of a stored run, for its commits.
+pub(crate) fn run_ref(run: &RunRecord) -> RunRef {
+    RunRef {
+        id: run.id.clone(),
+        workflow: run.workflow.clone(),
+        request_id: run.request_id.clone(),
+    }
+}
+
+/// A run as history has it now, as a [`RunSummary`].
+pub(crate) fn stored_summary(detail: &RunDetail) -> RunSummary {
+    RunSummary {
+        run_id: detail.run.id.to_string(),
+        workflow: detail.run.workflow.clone(),
+        status: detail.run.status,
+        trigger: detail.run.trigger,
+        started_at: detail.run.started_at,
+        completed_at: detail.run.completed_at,
+        duration_ms: detail.run.duration_ms.unwrap_or(0),
+        error: detail.run.error.clone(),
+        waiting_at: detail.pending_gates.first().map(|g| g.gate_id.clone()),
+        steps: crate::gate::rebuild(&detail.steps, usize::MAX).into_values().collect(),
+    }
+}
+
+pub(crate) fn elapsed_ms(since: jiff::Timestamp, now: jiff::Timestamp) -> u64 {
+    now.duration_since(since).try_into().map(millis).unwrap_or(0)
 }
 
 /// Where a run resumed after a gate decision continues.
@@ -672,21 +897,18 @@ pub(crate) struct Resume {
 }
 
 /// Waits for slots (unless admitted at once), then executes the run.
-#[expect(clippy::too_many_arguments, reason = "a private function called from one place")]
 async fn drive(
     inner: Arc<Inner>,
-    run_id: RunId,
-    workflow_key: String,
+    run: RunRef,
     trigger: Trigger,
-    events: Arc<RunEvents>,
     admission: Admission,
     cancel: CancellationToken,
     generation: u64,
     resume: Option<Resume>,
 ) -> RunSummary {
     let unstarted = |status: RunStatus, error: &str| RunSummary {
-        run_id: run_id.to_string(),
-        workflow: workflow_key.clone(),
+        run_id: run.id.to_string(),
+        workflow: run.workflow.clone(),
         status,
         trigger,
         started_at: None,
@@ -696,14 +918,14 @@ async fn drive(
         waiting_at: None,
         steps: Vec::new(),
     };
-    let Some(workflow) = inner.config.workflows().get(&workflow_key).cloned() else {
+    let Some(workflow) = inner.config.workflows().get(&run.workflow).cloned() else {
         return unstarted(RunStatus::Failed, "unknown workflow");
     };
     let slots = match admission {
         Admission::Now(slots) => slots,
         Admission::Queued(place) => {
             let acquire = async {
-                let workflow_slot = match inner.workflow_limits.get(&workflow_key) {
+                let workflow_slot = match inner.workflow_limits.get(&run.workflow) {
                     Some(limit) => Some(Arc::clone(limit).acquire_owned().await),
                     None => None,
                 };
@@ -719,51 +941,25 @@ async fn drive(
             match acquired {
                 Some((Some(Ok(w)), Ok(g))) => Slots { _workflow: Some(w), _global: g },
                 Some((None, Ok(g))) => Slots { _workflow: None, _global: g },
-                Some(_) => {
-                    // The semaphores are never closed; treat it as a cancellation.
-                    let _ = end_unstarted(
-                        &inner,
-                        &run_id,
-                        &events,
-                        RunStatus::Cancelled,
-                        "engine closed",
-                        generation,
-                    )
-                    .await;
-                    return unstarted(RunStatus::Cancelled, "engine closed");
-                }
-                None if inner.interrupting.load(Ordering::Acquire) => {
+                // The semaphores are never closed.
+                Some(_) => return unstarted(RunStatus::Queued, "engine closed"),
+                None if inner.interrupting() => {
                     // Shutting down: the run stays queued in history for the next start.
                     return unstarted(
                         RunStatus::Queued,
                         "the server shut down before the run started",
                     );
                 }
-                None => {
-                    if let Err(err) = end_unstarted(
-                        &inner,
-                        &run_id,
-                        &events,
-                        RunStatus::Cancelled,
-                        "cancelled",
-                        generation,
-                    )
-                    .await
-                    {
-                        log::error!("run_id={run_id}: cannot record the cancellation: {err}");
-                    }
-                    return unstarted(RunStatus::Cancelled, "cancelled");
-                }
+                // Cancelled: the cancel committed the run's end already.
+                None => return unstarted(RunStatus::Cancelled, "cancelled"),
             }
         }
     };
     let exec = RunExec {
-        recorder: Recorder::new(run_id.clone(), &inner.progress),
         inner: Arc::clone(&inner),
-        run_id,
+        run,
         workflow,
         trigger,
-        events,
         cancel,
         generation,
         execution: resume.as_ref().map_or(0, |r| r.execution),
@@ -777,39 +973,4 @@ async fn drive(
     let summary = exec.execute(start).await;
     drop(slots);
     summary
-}
-
-async fn end_unstarted(
-    inner: &Inner,
-    run_id: &RunId,
-    events: &RunEvents,
-    status: RunStatus,
-    reason: &str,
-    generation: u64,
-) -> Result<()> {
-    let update = RunUpdate {
-        status,
-        started_at: None,
-        completed_at: Some(jiff::Timestamp::now()),
-        duration_ms: Some(0),
-        error: Some(reason.to_owned()),
-    };
-    inner.history.update_run(run_id, &update).await?;
-    inner.settled(run_id, generation);
-    if status == RunStatus::Cancelled {
-        events.emit(EventData::RunCancelled(RunCancelled { step_id: None }));
-    } else {
-        events.emit(EventData::RunInterrupted(RunInterrupted {
-            step_id: None,
-            reason: reason.to_owned(),
-        }));
-    }
-    events.emit(EventData::WorkflowCompleted(WorkflowCompleted {
-        status: status.as_str().to_owned(),
-        success: false,
-        duration_ms: 0,
-        summary: counts(0, &IndexMap::new()),
-        error: Some(reason.to_owned()),
-    }));
-    Ok(())
 }

@@ -61,6 +61,15 @@ pub enum Error {
         /// The gate step id.
         gate_id: String,
     },
+    /// The run already ended: it cannot be cancelled (HTTP 409).
+    #[error("run {run_id} already ended {status}")]
+    RunFinished {
+        /// The run id.
+        run_id: String,
+        /// Its final status.
+        status: String,
+    },
+
     /// A reviewer's patch is not a JSON Patch array or does not apply to the
     /// artifact; nothing was changed (the API answers 422).
     #[error("invalid patch: {0}")]
@@ -68,6 +77,10 @@ pub enum Error {
     /// A run's task ended without reporting how the run ended (it panicked).
     #[error("run {0} ended without a result")]
     RunAborted(String),
+    /// [`crate::EngineBuilder::build`] was called outside a tokio runtime
+    /// without [`crate::EngineBuilder::runtime`].
+    #[error("the engine needs a tokio runtime: build it on one or pass one to the builder")]
+    NoRuntime,
     /// The history store failed.
     #[error("history store failed")]
     History(#[from] aegis_history::Error),

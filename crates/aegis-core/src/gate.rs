@@ -1,6 +1,9 @@
 //! Gate decisions: a reviewer's approve or reject (with an optional RFC 6902
-//! patch of the gate's artifact), the `on_timeout` decision at a gate's
-//! deadline, cancelling a waiting run, and resuming a run after its gate.
+//! patch of the gate's artifact) and the `on_timeout` decision at a gate's
+//! deadline. A decision is one commit: the decision row (which removes the
+//! pending gate, so a second decision fails), the patched artifact, the gate
+//! step's result, the run's move out of `waiting` (a compare-and-set) and the
+//! decision's events; then the run resumes, or has ended `rejected`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -9,17 +12,17 @@ use std::time::Duration;
 use aegis_config::{GateStep, OnTimeout, StepKind, Workflow};
 use aegis_history::{
     GateDecision, GateDecisionKind, RunDetail, RunId, RunStatus, RunUpdate, StepRecord, StepStatus,
+    Write,
 };
 use indexmap::IndexMap;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::engine::{Engine, Inner, Resume, RunHandle};
+use crate::engine::{Engine, Inner, Resume, RunHandle, elapsed_ms, run_ref};
 use crate::error::{Error, Result};
-use crate::event::{
-    EventData, GateDecided, GateExpired, RunCancelled, RunEvents, WorkflowCompleted,
-};
-use crate::run::{counts, millis};
+use crate::event::{EventData, GateDecided, GateExpired, WorkflowCompleted};
+use crate::lifecycle::Command;
+use crate::run::counts;
 use crate::step::{AttemptOutcome, StepOutcome};
 
 /// Who decides at the deadline.
@@ -89,12 +92,13 @@ impl Engine {
     ///
     /// The patch is checked against the artifact before anything changes, so
     /// a patch that does not apply fails with [`Error::InvalidPatch`] and the
-    /// gate stays pending. The decision is then recorded by the history
-    /// store's `record_gate_decision`, which accepts exactly one decision per
-    /// pending gate: a second one fails with [`Error::GateNotPending`]. Only the
-    /// winner changes the artifact, emits `gate.approved` or `gate.rejected`,
-    /// and resumes the run (after the gate, or from `retry_from` with a new
-    /// execution number) or ends it `rejected`.
+    /// gate stays pending. The decision then commits as one compare-and-set:
+    /// of two decisions (or a decision and a cancel or the gate's timeout)
+    /// exactly one wins; the loser fails with [`Error::GateNotPending`] (or
+    /// [`Error::RunNotWaiting`]). Only the winner changes the artifact,
+    /// emits `gate.approved` or `gate.rejected`, and resumes the run (after
+    /// the gate, or from `retry_from` with a new execution number) or ends
+    /// it `rejected`.
     pub async fn decide(
         &self,
         run_id: &RunId,
@@ -104,7 +108,6 @@ impl Engine {
         if self.inner().closing() {
             return Err(Error::ShuttingDown);
         }
-        let _deciding = self.inner().deciding.lock().await;
         let (detail, workflow, index, gate) = self.waiting_gate(run_id, gate_id).await?;
         let before = artifact_data(&detail, &gate);
         let after = apply_patch(gate_id, &gate, before.as_ref(), request.patch.as_ref())?;
@@ -122,81 +125,15 @@ impl Engine {
             artifact_before: before,
             artifact_after: after,
         };
-        self.record_decision(run_id, &decision).await?;
+        let outcome = self
+            .proceed(detail, &workflow, index, &gate, &decision, request.request_id, true)
+            .await?;
         log::info!(
             "run_id={run_id}: gate {gate_id} decided {} by {}",
             decision.decision,
             decision.by
         );
-        self.proceed(detail, &workflow, index, &gate, &decision, request.request_id).await
-    }
-
-    /// Ends a run waiting at a gate as `cancelled`. Its pending gates are
-    /// closed with a `reject` decision by `by` (comment "the run was
-    /// cancelled"), so the audit trail says who ended the wait. Returns
-    /// `false` when the run is not waiting.
-    pub async fn cancel_waiting(
-        &self,
-        run_id: &RunId,
-        by: &str,
-        request_id: Option<String>,
-    ) -> Result<bool> {
-        let _deciding = self.inner().deciding.lock().await;
-        let inner = self.inner();
-        let Some(detail) = inner.history.get_run(run_id).await? else {
-            return Err(Error::UnknownRun(run_id.to_string()));
-        };
-        if detail.run.status != RunStatus::Waiting {
-            return Ok(false);
-        }
-        let now = Timestamp::now();
-        let mut gate_id = None;
-        for pending in &detail.pending_gates {
-            let decision = GateDecision {
-                gate_id: pending.gate_id.clone(),
-                decision: GateDecisionKind::Reject,
-                by: by.to_owned(),
-                at: now,
-                comment: Some("the run was cancelled".to_owned()),
-                patch: None,
-                artifact_before: None,
-                artifact_after: None,
-            };
-            match self.record_decision(run_id, &decision).await {
-                Ok(()) | Err(Error::GateNotPending { .. }) => {}
-                Err(err) => return Err(err),
-            }
-            if let Some(mut record) = latest_at(&detail.steps, pending.step_index).cloned() {
-                record.status = StepStatus::Failed;
-                record.error = Some("cancelled".to_owned());
-                record.completed_at = Some(now);
-                record.duration_ms = record.started_at.map(|s| elapsed_ms(s, now));
-                inner.history.record_step(run_id, &record).await?;
-            }
-            gate_id = Some(pending.gate_id.clone());
-        }
-        let duration_ms = detail.run.started_at.map_or(0, |s| elapsed_ms(s, now));
-        let update = RunUpdate {
-            status: RunStatus::Cancelled,
-            started_at: None,
-            completed_at: Some(now),
-            duration_ms: Some(duration_ms),
-            error: Some("cancelled".to_owned()),
-        };
-        inner.history.update_run(run_id, &update).await?;
-        let events = self.open_events(&detail, request_id);
-        events.emit(EventData::RunCancelled(RunCancelled { step_id: gate_id }));
-        let total =
-            self.config().workflows().get(&detail.run.workflow).map_or(0, |w| w.steps().len());
-        events.emit(EventData::WorkflowCompleted(WorkflowCompleted {
-            status: RunStatus::Cancelled.as_str().to_owned(),
-            success: false,
-            duration_ms,
-            summary: counts(total, &rebuild(&detail.steps, usize::MAX)),
-            error: Some("cancelled".to_owned()),
-        }));
-        log::info!("run_id={run_id}: cancelled while waiting at a gate");
-        Ok(true)
+        Ok(outcome)
     }
 
     /// Arms a timer for every pending gate with a deadline, from the deadline
@@ -209,8 +146,14 @@ impl Engine {
         for gate in self.inner().history.pending_gates().await? {
             let Some(deadline) = gate.deadline else { continue };
             if deadline <= now {
-                if self.expire(&gate.run_id, &gate.gate_id).await? {
-                    expired.push(gate.run_id);
+                match self.expire(&gate.run_id, &gate.gate_id).await {
+                    Ok(true) => expired.push(gate.run_id),
+                    Ok(false) => {}
+                    Err(err) => log::error!(
+                        "run_id={}: cannot decide gate {} at its deadline: {err}",
+                        gate.run_id,
+                        gate.gate_id
+                    ),
                 }
             } else {
                 arm_timer(Arc::clone(self.inner()), gate.run_id, gate.gate_id, deadline);
@@ -220,13 +163,12 @@ impl Engine {
     }
 
     /// Decides a gate whose deadline passed, by its `on_timeout`, as
-    /// `timeout`. Returns whether this call decided it (a reviewer may have
-    /// been first).
+    /// `timeout`. Returns whether this call decided it (a reviewer or a
+    /// cancel may have been first).
     pub(crate) async fn expire(&self, run_id: &RunId, gate_id: &str) -> Result<bool> {
         if self.inner().closing() {
             return Ok(false);
         }
-        let _deciding = self.inner().deciding.lock().await;
         let (detail, workflow, index, gate) = match self.waiting_gate(run_id, gate_id).await {
             Ok(found) => found,
             Err(Error::History(err)) => return Err(Error::History(err)),
@@ -256,20 +198,19 @@ impl Engine {
             artifact_before: before.clone(),
             artifact_after: before,
         };
-        match self.record_decision(run_id, &decision).await {
-            Ok(()) => {}
-            Err(Error::GateNotPending { .. }) => return Ok(false),
+        match self.proceed(detail, &workflow, index, &gate, &decision, None, true).await {
+            Ok(_) => {}
+            Err(Error::GateNotPending { .. } | Error::RunNotWaiting { .. }) => return Ok(false),
             Err(err) => return Err(err),
         }
         log::info!("run_id={run_id}: gate {gate_id} expired, decided {}", decision.decision);
-        self.proceed(detail, &workflow, index, &gate, &decision, None).await?;
         Ok(true)
     }
 
-    /// Resumes a run whose gate was decided but that the previous process did
-    /// not get to resume (it stopped in between). Returns whether it did.
+    /// Carries out a decision an earlier version of Aegis recorded apart
+    /// from the run's status and did not get to carry out (it stopped in
+    /// between): a run `waiting` with no pending gate. Returns whether it did.
     pub(crate) async fn resume_decided(&self, run_id: &RunId) -> Result<bool> {
-        let _deciding = self.inner().deciding.lock().await;
         let Some(detail) = self.inner().history.get_run(run_id).await? else { return Ok(false) };
         if detail.run.status != RunStatus::Waiting || !detail.pending_gates.is_empty() {
             return Ok(false);
@@ -285,8 +226,11 @@ impl Engine {
             "run_id={run_id}: resuming after gate {} decided before a restart",
             decision.gate_id
         );
-        self.proceed(detail, &workflow, index, &gate, &decision, None).await?;
-        Ok(true)
+        match self.proceed(detail, &workflow, index, &gate, &decision, None, false).await {
+            Ok(_) => Ok(true),
+            Err(Error::RunNotWaiting { .. }) => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     /// The run, its workflow and the gate, when the run waits at that gate.
@@ -322,29 +266,12 @@ impl Engine {
         Ok((detail, workflow, index, gate))
     }
 
-    async fn record_decision(&self, run_id: &RunId, decision: &GateDecision) -> Result<()> {
-        match self.inner().history.record_gate_decision(run_id, decision).await {
-            Ok(()) => Ok(()),
-            Err(aegis_history::Error::GateNotPending { run_id, gate_id }) => {
-                Err(Error::GateNotPending { run_id, gate_id })
-            }
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    /// The run's events, continuing its `seq` (from memory when the run's log
-    /// is still alive in this process, else from its `events.jsonl`).
-    fn open_events(&self, detail: &RunDetail, request_id: Option<String>) -> RunEvents {
-        self.inner().open_events(
-            &detail.run.id,
-            &detail.run.workflow,
-            request_id.or_else(|| detail.run.request_id.clone()),
-        )
-    }
-
-    /// Carries out a recorded decision: the patched artifact becomes the
-    /// step's data (history and `<step>.json`), the gate step is recorded as
-    /// decided, the decision's event is emitted, and the run resumes or ends.
+    /// Commits a decision and carries it out: the patched artifact becomes
+    /// the step's data (history and `<step>.json`), the gate step is
+    /// recorded as decided, the run leaves `waiting` (compare-and-set) and
+    /// the decision's events are emitted, all in one commit; then the run
+    /// resumes, or has ended.
+    #[expect(clippy::too_many_arguments, reason = "private, called from three places")]
     async fn proceed(
         &self,
         detail: RunDetail,
@@ -353,10 +280,15 @@ impl Engine {
         gate: &GateStep,
         decision: &GateDecision,
         request_id: Option<String>,
+        record: bool,
     ) -> Result<GateOutcome> {
         let inner = Arc::clone(self.inner());
         let run_id = detail.run.id.clone();
-        let events = Arc::new(self.open_events(&detail, request_id));
+        let reference = run_ref(&detail.run).with_request(request_id);
+        let mut writes = Vec::new();
+        if record {
+            writes.push(Write::DecideGate(run_id.clone(), decision.clone()));
+        }
         let mut steps = detail.steps;
         if decision.patch.is_some()
             && let (Some(artifact), Some(after)) = (gate.artifact(), &decision.artifact_after)
@@ -364,7 +296,7 @@ impl Engine {
         {
             record.data = Some(after.clone());
             // The step's data in history is its artifact `<step>.json`.
-            inner.history.record_step(&run_id, record).await?;
+            writes.push(Write::RecordStep(run_id.clone(), record.clone()));
         }
         let approved = matches!(
             decision.decision,
@@ -394,11 +326,11 @@ impl Engine {
             attempts: Vec::new(),
         };
         // Its data in history is its artifact `<gate>.json`.
-        inner.history.record_step(&run_id, &record).await?;
+        writes.push(Write::RecordStep(run_id.clone(), record.clone()));
         steps.retain(|s| !(s.execution == gate_execution && s.index == index as u32));
         steps.push(record);
 
-        match decision.decision {
+        let mut events = vec![match decision.decision {
             GateDecisionKind::Approve | GateDecisionKind::Reject => {
                 let data = GateDecided {
                     gate_id: gate_id.clone(),
@@ -406,22 +338,16 @@ impl Engine {
                     comment: decision.comment.clone(),
                     patch: decision.patch.clone(),
                 };
-                events.emit(if approved {
-                    EventData::GateApproved(data)
-                } else {
-                    EventData::GateRejected(data)
-                });
+                if approved { EventData::GateApproved(data) } else { EventData::GateRejected(data) }
             }
-            _ => {
-                events.emit(EventData::GateExpired(GateExpired {
-                    gate_id: gate_id.clone(),
-                    decision: if approved { "approve" } else { "reject" }.to_owned(),
-                    by: decision.by.clone(),
-                    comment: decision.comment.clone(),
-                    patch: decision.patch.clone(),
-                }));
-            }
-        }
+            _ => EventData::GateExpired(GateExpired {
+                gate_id: gate_id.clone(),
+                decision: if approved { "approve" } else { "reject" }.to_owned(),
+                by: decision.by.clone(),
+                comment: decision.comment.clone(),
+                patch: decision.patch.clone(),
+            }),
+        }];
 
         let artifact = decision.artifact_after.clone();
         let retry = if approved {
@@ -444,7 +370,10 @@ impl Engine {
                 started_at: detail.run.started_at,
             })
         };
-        let Some(resume) = resume else {
+        let status = if resume.is_some() {
+            writes.push(Command::Resume.status_write(&run_id));
+            RunStatus::Running
+        } else {
             let duration_ms = detail.run.started_at.map_or(0, |s| elapsed_ms(s, now));
             let error = format!("gate {gate_id} rejected by {}", decision.by);
             let update = RunUpdate {
@@ -454,38 +383,45 @@ impl Engine {
                 duration_ms: Some(duration_ms),
                 error: Some(error.clone()),
             };
-            inner.history.update_run(&run_id, &update).await?;
-            events.emit(EventData::WorkflowCompleted(WorkflowCompleted {
+            writes.push(Command::Reject.write(&run_id, update));
+            events.push(EventData::WorkflowCompleted(WorkflowCompleted {
                 status: RunStatus::Rejected.as_str().to_owned(),
                 success: false,
                 duration_ms,
                 summary: counts(workflow.steps().len(), &rebuild(&steps, index + 1)),
                 error: Some(error),
             }));
+            RunStatus::Rejected
+        };
+        match inner.ledger.commit(&reference, writes, events).await {
+            Ok(_) => {}
+            Err(aegis_history::Error::GateNotPending { run_id, gate_id }) => {
+                return Err(Error::GateNotPending { run_id, gate_id });
+            }
+            Err(aegis_history::Error::StatusConflict { run_id, status }) => {
+                return Err(Error::RunNotWaiting { run_id, status });
+            }
+            Err(err) => return Err(err.into()),
+        }
+        let Some(resume) = resume else {
+            inner.ledger.forget(&run_id);
             log::info!("run_id={run_id}: rejected at gate {gate_id}");
             return Ok(GateOutcome {
                 run_id,
                 gate_id,
                 decision: decision.decision,
-                status: RunStatus::Rejected,
+                status,
                 artifact,
                 handle: None,
             });
         };
         let admission = self.admit_resumed(workflow.key());
-        let handle = self.spawn(
-            run_id.clone(),
-            workflow.key().to_owned(),
-            detail.run.trigger,
-            events,
-            admission,
-            Some(resume),
-        );
+        let handle = self.spawn(reference, detail.run.trigger, admission, Some(resume));
         Ok(GateOutcome {
             run_id,
             gate_id,
             decision: decision.decision,
-            status: RunStatus::Running,
+            status,
             artifact,
             handle: Some(handle),
         })
@@ -497,8 +433,7 @@ impl Engine {
 pub(crate) fn arm_timer(inner: Arc<Inner>, run_id: RunId, gate_id: String, deadline: Timestamp) {
     // The timer does not keep the engine (and its history store) alive.
     let weak: Weak<Inner> = Arc::downgrade(&inner);
-    drop(inner);
-    tokio::spawn(async move {
+    inner.spawn(async move {
         loop {
             let left = deadline.duration_since(Timestamp::now());
             if left.is_negative() || left.is_zero() {
@@ -570,7 +505,7 @@ fn latest_mut<'a>(steps: &'a mut [StepRecord], step_id: &str) -> Option<&'a mut 
 
 /// The outcomes of the steps before `end`, each from its latest execution,
 /// as a resumed run sees them.
-fn rebuild(steps: &[StepRecord], end: usize) -> IndexMap<String, StepOutcome> {
+pub(crate) fn rebuild(steps: &[StepRecord], end: usize) -> IndexMap<String, StepOutcome> {
     let mut latest: BTreeMap<u32, &StepRecord> = BTreeMap::new();
     for step in steps.iter().filter(|s| (s.index as usize) < end) {
         match latest.get(&step.index) {
@@ -607,8 +542,4 @@ fn rebuild(steps: &[StepRecord], end: usize) -> IndexMap<String, StepOutcome> {
             (r.step_id.clone(), outcome)
         })
         .collect()
-}
-
-fn elapsed_ms(since: Timestamp, now: Timestamp) -> u64 {
-    now.duration_since(since).try_into().map(millis).unwrap_or(0)
 }

@@ -108,13 +108,15 @@
 #![warn(missing_docs)]
 
 mod artifact;
+mod bus;
 mod engine;
 mod error;
 mod event;
 mod gate;
 mod health;
 mod http;
-mod recorder;
+mod ledger;
+mod lifecycle;
 mod run;
 mod step;
 mod steps;
@@ -122,13 +124,14 @@ mod steps;
 pub mod testing;
 
 pub use artifact::{Artifact, is_artifact_name};
+pub use bus::{EventBus, Received, Subscription};
 pub use engine::{Engine, EngineBuilder, Recovery, RunHandle, RunOptions, Shutdown};
 pub use error::{Error, Result};
 pub use event::{
-    ArtifactCreated, Event, EventBus, EventData, EventType, FailureDetected, GateDecided,
-    GateExpired, GateWaiting, Received, RunCancelled, RunInterrupted, RunQueued, SCHEMA_VERSION,
-    StepCompleted, StepCounts, StepRetrying, StepSkipped, StepStarted, Subscription, WebhookFailed,
-    WorkflowCompleted, WorkflowStarted, event_schemas,
+    ArtifactCreated, Event, EventData, EventType, FailureDetected, GateDecided, GateExpired,
+    GateWaiting, RunCancelled, RunInterrupted, RunQueued, SCHEMA_VERSION, StepCompleted,
+    StepCounts, StepRetrying, StepSkipped, StepStarted, WebhookFailed, WorkflowCompleted,
+    WorkflowStarted, event_schemas,
 };
 pub use gate::{GateOutcome, GateRequest, TIMEOUT_DECIDER};
 pub use health::{HEALTH_TIMEOUT, HealthStatus, ServiceHealth, check_service, check_services};

@@ -1,28 +1,31 @@
-//! One run's execution: the state machine that walks a workflow's steps,
-//! evaluates conditions, retries, times out, runs parallel batches, pauses at
-//! gates and records everything in history and events.
+//! One run's execution: walks a workflow's steps, evaluates conditions,
+//! retries, times out, runs parallel batches and pauses at gates. Every
+//! change it makes (a step started or finished, the gate reached, the end)
+//! is committed with its events through the ledger as a command of the state
+//! machine (`crate::lifecycle`) before the run goes on: a step never starts
+//! for a run history does not call `running`, and when someone else ended the
+//! run (a cancel), its next commit is refused and the execution stops.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aegis_config::{Condition, StepKind, Workflow};
 use aegis_history::{
-    Attempt, PendingGate, RunId, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger,
+    Attempt, CloseSteps, PendingGate, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger, Write,
 };
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Inner;
+use crate::engine::{Inner, stored_summary};
 use crate::event::{
-    ArtifactCreated, EventData, FailureDetected, GateWaiting, RunCancelled, RunEvents,
-    RunInterrupted, StepCompleted, StepCounts, StepRetrying, StepSkipped, StepStarted,
-    WorkflowCompleted, WorkflowStarted,
+    ArtifactCreated, EventData, FailureDetected, GateWaiting, RunInterrupted, StepCompleted,
+    StepCounts, StepRetrying, StepSkipped, StepStarted, WorkflowCompleted, WorkflowStarted,
 };
 use crate::http::describe_timeout;
-use crate::recorder::{Recorder, Write};
+use crate::ledger::RunRef;
+use crate::lifecycle::Command;
 use crate::step::{AttemptOutcome, StepContext, StepError, StepOutcome};
 
 /// The longest wait between two attempts of a step.
@@ -99,6 +102,24 @@ pub(crate) fn condition_holds(
 /// Why a run stopped by [`crate::Engine::shutdown`] is interrupted.
 const SHUTDOWN_REASON: &str = "the server shut down while the run was running";
 
+/// Why the execution stopped before the run's end.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// Someone else committed a change first (a cancel): the run is theirs.
+    Lost,
+    /// History refused the commit: the run cannot go on durably.
+    Failed(aegis_history::Error),
+}
+
+impl From<aegis_history::Error> for Stop {
+    fn from(err: aegis_history::Error) -> Self {
+        match err {
+            aegis_history::Error::StatusConflict { .. } => Stop::Lost,
+            err => Stop::Failed(err),
+        }
+    }
+}
+
 /// How one step execution ended.
 struct Executed {
     outcome: StepOutcome,
@@ -108,13 +129,11 @@ struct Executed {
 /// The execution of one run.
 pub(crate) struct RunExec {
     pub(crate) inner: Arc<Inner>,
-    pub(crate) run_id: RunId,
+    pub(crate) run: RunRef,
     pub(crate) workflow: Workflow,
     pub(crate) trigger: Trigger,
-    pub(crate) events: Arc<RunEvents>,
     pub(crate) cancel: CancellationToken,
     pub(crate) outcomes: IndexMap<String, StepOutcome>,
-    pub(crate) recorder: Recorder,
     /// Which execution of the run this is in the engine's table of active runs.
     pub(crate) generation: u64,
     /// The execution number of the steps this pass records (0, then +1 for
@@ -125,28 +144,58 @@ pub(crate) struct RunExec {
 }
 
 impl RunExec {
+    /// Commits a change the run makes to itself.
+    async fn commit(
+        &self,
+        command: Command,
+        update: RunUpdate,
+        mut writes: Vec<Write>,
+        events: Vec<EventData>,
+    ) -> Result<(), Stop> {
+        writes.insert(0, command.write(&self.run.id, update));
+        self.inner.ledger.commit(&self.run, writes, events).await?;
+        Ok(())
+    }
+
+    /// Records progress: only while the run is still `running`.
+    async fn progress(&self, writes: Vec<Write>, events: Vec<EventData>) -> Result<(), Stop> {
+        self.commit(Command::Progress, RunUpdate::status(RunStatus::Running), writes, events).await
+    }
+
     /// Runs the workflow from step `start`, returning how the run ended.
-    pub(crate) async fn execute(mut self, start: usize) -> RunSummary {
+    pub(crate) async fn execute(self, start: usize) -> RunSummary {
         let now = jiff::Timestamp::now();
-        let (started_at, update) = match self.resumed {
-            Some(started_at) => (started_at, RunUpdate::status(RunStatus::Running)),
-            None => {
-                (now, RunUpdate { started_at: Some(now), ..RunUpdate::status(RunStatus::Running) })
-            }
-        };
+        let started_at = self.resumed.unwrap_or(now);
         // A resumed run's duration counts from its first start, gate wait included.
         let before: Duration = now.duration_since(started_at).try_into().unwrap_or_default();
         let clock = Instant::now().checked_sub(before).unwrap_or_else(Instant::now);
-        self.recorder.record(Write::Run(update));
         if self.resumed.is_none() {
-            self.events.emit(EventData::WorkflowStarted(WorkflowStarted {
+            let started = EventData::WorkflowStarted(WorkflowStarted {
                 name: self.workflow.name().to_owned(),
                 trigger: self.trigger.as_str().to_owned(),
                 steps: self.workflow.steps().iter().map(|s| s.id().to_owned()).collect(),
-            }));
+            });
+            let update =
+                RunUpdate { started_at: Some(now), ..RunUpdate::status(RunStatus::Running) };
+            // Committed before the first step starts: a crash from now on
+            // interrupts the run instead of running it again.
+            if let Err(stop) = self.commit(Command::Start, update, vec![], vec![started]).await {
+                return self.stopped(stop).await;
+            }
         }
-        log::info!("run_id={}: workflow {} started", self.run_id, self.workflow.key());
+        log::info!("run_id={}: workflow {} started", self.run.id, self.workflow.key());
+        match self.walk(start, started_at, clock).await {
+            Ok(summary) => summary,
+            Err((exec, stop)) => exec.stopped(stop).await,
+        }
+    }
 
+    async fn walk(
+        mut self,
+        start: usize,
+        started_at: jiff::Timestamp,
+        clock: Instant,
+    ) -> Result<RunSummary, (RunExec, Stop)> {
         let steps = self.workflow.steps().to_vec();
         let mut cancelled_at: Option<Option<String>> = None;
         let mut index = start;
@@ -165,21 +214,42 @@ impl RunExec {
             if let StepKind::Gate(gate) = steps[index].kind()
                 && condition_holds(steps[index].condition(), &self.outcomes)
             {
-                return self.wait_at_gate(&steps[index], gate, index, started_at, clock).await;
+                return match self.wait_at_gate(&steps[index], gate, index, started_at, clock).await
+                {
+                    Ok(summary) => Ok(summary),
+                    Err(stop) => Err((self, stop)),
+                };
             }
             let earlier = Arc::new(self.outcomes.clone());
-            let mut runnable = Vec::new();
             let mut batch: Vec<(usize, Option<StepOutcome>)> = Vec::new();
             for (offset, step) in steps[index..end].iter().enumerate() {
                 let step_index = index + offset;
-                if !condition_holds(step.condition(), &earlier) {
-                    batch.push((step_index, Some(self.skip(step, step_index).await)));
-                } else {
+                if condition_holds(step.condition(), &earlier) {
                     batch.push((step_index, None));
-                    runnable.push(self.run_step(step, step_index, Arc::clone(&earlier)));
+                    continue;
+                }
+                match self.skip(step, step_index).await {
+                    Ok(outcome) => batch.push((step_index, Some(outcome))),
+                    Err(stop) => return Err((self, stop)),
                 }
             }
-            let mut executed = futures_util::future::join_all(runnable).await.into_iter();
+            let runnable: Vec<_> = batch
+                .iter()
+                .filter(|(_, skipped)| skipped.is_none())
+                .map(|(i, _)| self.run_step(&steps[*i], *i, Arc::clone(&earlier)))
+                .collect();
+            let mut stop = None;
+            let mut executed = Vec::new();
+            for result in futures_util::future::join_all(runnable).await {
+                match result {
+                    Ok(done) => executed.push(done),
+                    Err(err) => stop = stop.or(Some(err)),
+                }
+            }
+            if let Some(stop) = stop {
+                return Err((self, stop));
+            }
+            let mut executed = executed.into_iter();
             for (_, skipped) in batch {
                 let outcome = match skipped {
                     Some(outcome) => outcome,
@@ -200,29 +270,77 @@ impl RunExec {
             }
             index = end;
         }
-        self.finish(cancelled_at, started_at, clock).await
+        match self.finish(cancelled_at, started_at, clock).await {
+            Ok(summary) => Ok(summary),
+            Err(stop) => Err((self, stop)),
+        }
+    }
+
+    /// The execution stopped before the run's end: when someone else ended
+    /// the run (a cancel), the run is as they committed it; when history
+    /// failed, the run is ended `failed` if history takes that, else left for
+    /// recovery (it will be `interrupted`).
+    async fn stopped(self, stop: Stop) -> RunSummary {
+        self.inner.settled(&self.run.id, self.generation);
+        if let Stop::Failed(err) = &stop {
+            log::error!("run_id={}: history refused the run's progress: {err}", self.run.id);
+            let reason = format!("history refused the run's progress: {err}");
+            let update = RunUpdate {
+                status: RunStatus::Failed,
+                started_at: None,
+                completed_at: Some(jiff::Timestamp::now()),
+                duration_ms: None,
+                error: Some(reason.clone()),
+            };
+            let events = vec![EventData::WorkflowCompleted(WorkflowCompleted {
+                status: RunStatus::Failed.as_str().to_owned(),
+                success: false,
+                duration_ms: 0,
+                summary: counts(self.workflow.steps().len(), &self.outcomes),
+                error: Some(reason),
+            })];
+            let _ = self.commit(Command::Finish { succeeded: false }, update, vec![], events).await;
+        }
+        self.inner.ledger.forget(&self.run.id);
+        match self.inner.history.get_run(&self.run.id).await {
+            Ok(Some(detail)) => stored_summary(&detail),
+            _ => RunSummary {
+                run_id: self.run.id.to_string(),
+                workflow: self.workflow.key().to_owned(),
+                status: RunStatus::Cancelled,
+                trigger: self.trigger,
+                started_at: None,
+                completed_at: None,
+                duration_ms: 0,
+                error: Some("the run was ended by someone else".to_owned()),
+                waiting_at: None,
+                steps: self.outcomes.into_values().collect(),
+            },
+        }
     }
 
     async fn finish(
-        self,
+        &mut self,
         cancelled_at: Option<Option<String>>,
         started_at: jiff::Timestamp,
         clock: Instant,
-    ) -> RunSummary {
-        let interrupted = cancelled_at.is_some() && self.inner.interrupting.load(Ordering::Acquire);
-        let (status, error) = if interrupted {
-            (RunStatus::Interrupted, Some(SHUTDOWN_REASON.to_owned()))
-        } else if cancelled_at.is_some() {
-            (RunStatus::Cancelled, Some("cancelled".to_owned()))
+    ) -> Result<RunSummary, Stop> {
+        if cancelled_at.is_some() && !self.inner.interrupting() {
+            // A cancel stopped the run: its end is committed already.
+            return Err(Stop::Lost);
+        }
+        let interrupted = cancelled_at.is_some();
+        let (command, status, error) = if interrupted {
+            (Command::Interrupt, RunStatus::Interrupted, Some(SHUTDOWN_REASON.to_owned()))
         } else if let Some(failed) = self.outcomes.values().find(|o| !o.success) {
             let error = format!(
                 "step {} failed: {}",
                 failed.step_id,
                 failed.error.as_deref().unwrap_or("unknown error")
             );
-            (RunStatus::Failed, Some(error))
+            (Command::Finish { succeeded: false }, RunStatus::Failed, Some(error))
         } else {
-            (RunStatus::Succeeded, None)
+            (Command::Finish { succeeded: true }, RunStatus::Succeeded, None)
         };
         let completed_at = jiff::Timestamp::now();
         let duration_ms = millis(clock.elapsed());
@@ -233,35 +351,38 @@ impl RunExec {
             duration_ms: Some(duration_ms),
             error: error.clone(),
         };
-        self.recorder.record(Write::Run(update));
-        // The run is in history, and no longer cancellable, before anyone
-        // hears that it finished.
-        self.recorder.flush().await;
-        self.inner.live.forget(&self.run_id);
-        self.inner.settled(&self.run_id, self.generation);
-        match cancelled_at {
-            Some(step_id) if interrupted => {
-                self.events.emit(EventData::RunInterrupted(RunInterrupted {
-                    step_id,
-                    reason: SHUTDOWN_REASON.to_owned(),
-                }));
-            }
-            Some(step_id) => {
-                self.events.emit(EventData::RunCancelled(RunCancelled { step_id }));
-            }
-            None => {}
+        let mut writes = Vec::new();
+        let mut events = Vec::new();
+        if let Some(step_id) = cancelled_at {
+            writes.push(Write::CloseSteps(
+                self.run.id.clone(),
+                CloseSteps {
+                    status: StepStatus::Failed,
+                    error: "interrupted: the server shut down during this step".to_owned(),
+                    at: completed_at,
+                },
+            ));
+            events.push(EventData::RunInterrupted(RunInterrupted {
+                step_id,
+                reason: SHUTDOWN_REASON.to_owned(),
+            }));
         }
         let summary = counts(self.workflow.steps().len(), &self.outcomes);
-        self.events.emit(EventData::WorkflowCompleted(WorkflowCompleted {
+        events.push(EventData::WorkflowCompleted(WorkflowCompleted {
             status: status.as_str().to_owned(),
             success: status == RunStatus::Succeeded,
             duration_ms,
             summary,
             error: error.clone(),
         }));
-        log::info!("run_id={}: finished {status} in {duration_ms} ms", self.run_id);
-        RunSummary {
-            run_id: self.run_id.to_string(),
+        // The end, and the event that announces it, are in history before
+        // anyone hears of it; the run is no longer executing here.
+        self.commit(command, update, writes, events).await?;
+        self.inner.settled(&self.run.id, self.generation);
+        self.inner.ledger.forget(&self.run.id);
+        log::info!("run_id={}: finished {status} in {duration_ms} ms", self.run.id);
+        Ok(RunSummary {
+            run_id: self.run.id.to_string(),
             workflow: self.workflow.key().to_owned(),
             status,
             trigger: self.trigger,
@@ -270,21 +391,22 @@ impl RunExec {
             duration_ms,
             error,
             waiting_at: None,
-            steps: self.outcomes.into_values().collect(),
-        }
+            steps: std::mem::take(&mut self.outcomes).into_values().collect(),
+        })
     }
 
-    /// Pauses the run at a gate: the gate is recorded as pending and the run
-    /// as `waiting`, and the execution ends (releasing its slot). Deciding
-    /// the gate resumes the run at the step after it.
+    /// Pauses the run at a gate: the gate step, the pending gate, the
+    /// `waiting` status and `gate.waiting` commit together, then the
+    /// execution ends (releasing its slot). Deciding the gate resumes the run
+    /// at the step after it.
     async fn wait_at_gate(
-        self,
+        &mut self,
         step: &aegis_config::Step,
         gate: &aegis_config::GateStep,
         index: usize,
         started_at: jiff::Timestamp,
         clock: Instant,
-    ) -> RunSummary {
+    ) -> Result<RunSummary, Stop> {
         let since = jiff::Timestamp::now();
         let deadline = step.timeout().and_then(|d| since.checked_add(d).ok());
         let record = StepRecord {
@@ -300,9 +422,8 @@ impl RunExec {
             data: None,
             attempts: Vec::new(),
         };
-        self.recorder.record(Write::Step(record.clone()));
         let pending = PendingGate {
-            run_id: self.run_id.clone(),
+            run_id: self.run.id.clone(),
             gate_id: step.id().to_owned(),
             step_index: index as u32,
             message: gate.message().map(str::to_owned),
@@ -310,32 +431,32 @@ impl RunExec {
             since,
             deadline,
         };
-        self.recorder.record(Write::Gate(pending.clone()));
         let duration_ms = millis(clock.elapsed());
         let update =
             RunUpdate { duration_ms: Some(duration_ms), ..RunUpdate::status(RunStatus::Waiting) };
-        self.recorder.record(Write::Run(update));
-        self.recorder.flush().await;
-        self.inner.live.forget(&self.run_id);
-        self.inner.settled(&self.run_id, self.generation);
-        self.events.emit(EventData::GateWaiting(GateWaiting {
+        let waiting = EventData::GateWaiting(GateWaiting {
             gate_id: step.id().to_owned(),
             index: index as u32,
             message: pending.message.clone(),
             artifact: pending.artifact.clone(),
             deadline: deadline.map(|d| d.to_string()),
-        }));
-        log::info!("run_id={}: waiting at gate {}", self.run_id, step.id());
+        });
+        let writes =
+            vec![Write::RecordStep(self.run.id.clone(), record), Write::AddPendingGate(pending)];
+        self.commit(Command::Wait, update, writes, vec![waiting]).await?;
+        self.inner.settled(&self.run.id, self.generation);
+        self.inner.ledger.forget(&self.run.id);
+        log::info!("run_id={}: waiting at gate {}", self.run.id, step.id());
         if let Some(deadline) = deadline {
             crate::gate::arm_timer(
                 Arc::clone(&self.inner),
-                self.run_id.clone(),
+                self.run.id.clone(),
                 step.id().to_owned(),
                 deadline,
             );
         }
-        RunSummary {
-            run_id: self.run_id.to_string(),
+        Ok(RunSummary {
+            run_id: self.run.id.to_string(),
             workflow: self.workflow.key().to_owned(),
             status: RunStatus::Waiting,
             trigger: self.trigger,
@@ -344,11 +465,11 @@ impl RunExec {
             duration_ms,
             error: None,
             waiting_at: Some(step.id().to_owned()),
-            steps: self.outcomes.into_values().collect(),
-        }
+            steps: std::mem::take(&mut self.outcomes).into_values().collect(),
+        })
     }
 
-    async fn skip(&self, step: &aegis_config::Step, index: usize) -> StepOutcome {
+    async fn skip(&self, step: &aegis_config::Step, index: usize) -> Result<StepOutcome, Stop> {
         let now = jiff::Timestamp::now();
         let record = StepRecord {
             execution: self.execution,
@@ -363,14 +484,14 @@ impl RunExec {
             data: None,
             attempts: Vec::new(),
         };
-        self.recorder.record(Write::Step(record.clone()));
-        self.events.emit(EventData::StepSkipped(StepSkipped {
+        let skipped = EventData::StepSkipped(StepSkipped {
             step_id: step.id().to_owned(),
             step_type: step.type_name().to_owned(),
             index: index as u32,
             condition: step.condition().as_str().to_owned(),
-        }));
-        StepOutcome {
+        });
+        self.progress(vec![Write::RecordStep(self.run.id.clone(), record)], vec![skipped]).await?;
+        Ok(StepOutcome {
             step_id: step.id().to_owned(),
             step_type: step.type_name().to_owned(),
             index: index as u32,
@@ -380,7 +501,7 @@ impl RunExec {
             data: Value::Null,
             duration_ms: 0,
             attempts: Vec::new(),
-        }
+        })
     }
 
     async fn run_step(
@@ -388,7 +509,7 @@ impl RunExec {
         step: &aegis_config::Step,
         index: usize,
         earlier: Arc<IndexMap<String, StepOutcome>>,
-    ) -> Executed {
+    ) -> Result<Executed, Stop> {
         let step_id = step.id().to_owned();
         let step_type = step.type_name().to_owned();
         let started_at = jiff::Timestamp::now();
@@ -406,15 +527,19 @@ impl RunExec {
             data: None,
             attempts: Vec::new(),
         };
-        self.recorder.record(Write::Step(record.clone()));
-        self.events.emit(EventData::StepStarted(StepStarted {
+        let started = EventData::StepStarted(StepStarted {
             step_id: step_id.clone(),
             step_type: step_type.clone(),
             index: index as u32,
-        }));
+        });
+        // The step starts only once history says it has (and the run is
+        // still running): a crash from now on shows it, and it is never run
+        // again on its own.
+        self.progress(vec![Write::RecordStep(self.run.id.clone(), record.clone())], vec![started])
+            .await?;
 
         let mut ctx = StepContext {
-            run_id: self.run_id.to_string(),
+            run_id: self.run.id.to_string(),
             workflow: self.workflow.key().to_owned(),
             step: step.clone(),
             index: index as u32,
@@ -422,7 +547,7 @@ impl RunExec {
             earlier,
             config: Arc::clone(&self.inner.config),
             client: self.inner.client.clone(),
-            run_dir: self.inner.run_dir(&self.run_id),
+            run_dir: self.inner.run_dir(&self.run.id),
             artifacts: Mutex::new(Vec::new()),
         };
         let implementation = self.inner.registry.get(&step_type).cloned();
@@ -466,15 +591,22 @@ impl RunExec {
             let error = result.as_ref().err().map(|e| e.message().to_owned()).unwrap_or_default();
             log::info!(
                 "run_id={}: step {step_id} attempt {attempt} failed ({error}), retrying in {delay:?}",
-                self.run_id
+                self.run.id
             );
-            self.events.emit(EventData::StepRetrying(StepRetrying {
+            let retrying = EventData::StepRetrying(StepRetrying {
                 step_id: step_id.clone(),
                 attempt,
                 next_attempt: attempt + 1,
                 delay_ms: millis(delay),
                 error,
-            }));
+            });
+            record.attempts = attempts.iter().map(to_attempt).collect();
+            // The failed attempt is in history before the next one starts.
+            self.progress(
+                vec![Write::RecordStep(self.run.id.clone(), record.clone())],
+                vec![retrying],
+            )
+            .await?;
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => {
@@ -494,20 +626,6 @@ impl RunExec {
             }
         };
         let duration_ms = millis(clock.elapsed());
-        let mut artifacts = ctx.take_artifacts();
-        match self.data_artifact(&step_id, &data) {
-            Ok(bytes) => artifacts.push((format!("{step_id}.json"), bytes)),
-            Err(err) => {
-                log::error!("run_id={}: cannot encode step {step_id}'s data: {err}", self.run_id)
-            }
-        }
-        for (name, bytes) in artifacts {
-            self.events.emit(EventData::ArtifactCreated(ArtifactCreated {
-                step_id: step_id.clone(),
-                name,
-                bytes,
-            }));
-        }
         let outcome = StepOutcome {
             step_id: step_id.clone(),
             step_type: step_type.clone(),
@@ -519,14 +637,35 @@ impl RunExec {
             duration_ms,
             attempts,
         };
+        if cancelled {
+            // Whoever stopped the run records its end (and closes this step).
+            return Ok(Executed { outcome, cancelled });
+        }
+        let mut artifacts = ctx.take_artifacts();
+        match serde_json::to_vec_pretty(&outcome.data) {
+            Ok(bytes) => artifacts.push((format!("{step_id}.json"), bytes.len() as u64)),
+            Err(err) => {
+                log::error!("run_id={}: cannot encode step {step_id}'s data: {err}", self.run.id)
+            }
+        }
+        let mut events: Vec<EventData> = artifacts
+            .into_iter()
+            .map(|(name, bytes)| {
+                EventData::ArtifactCreated(ArtifactCreated {
+                    step_id: step_id.clone(),
+                    name,
+                    bytes,
+                })
+            })
+            .collect();
         if !outcome.failures().is_empty() {
-            self.events.emit(EventData::FailureDetected(FailureDetected {
+            events.push(EventData::FailureDetected(FailureDetected {
                 step_id: step_id.clone(),
                 count: outcome.failures().len() as u32,
                 failures: outcome.failures().to_vec(),
             }));
         }
-        self.events.emit(EventData::StepCompleted(StepCompleted {
+        events.push(EventData::StepCompleted(StepCompleted {
             step_id: step_id.clone(),
             step_type,
             index: index as u32,
@@ -540,29 +679,21 @@ impl RunExec {
         record.completed_at = Some(jiff::Timestamp::now());
         record.duration_ms = Some(duration_ms);
         record.data = Some(outcome.data.clone());
-        record.attempts = outcome
-            .attempts
-            .iter()
-            .map(|a| Attempt {
-                attempt: a.attempt,
-                success: a.success,
-                error: a.error.clone(),
-                duration_ms: a.duration_ms,
-                started_at: a.started_at,
-            })
-            .collect();
-        self.recorder.record(Write::Step(record.clone()));
-        Executed { outcome, cancelled }
+        record.attempts = outcome.attempts.iter().map(to_attempt).collect();
+        // The result, its data (`<step>.json`) and its events commit
+        // together, before the next batch starts.
+        self.progress(vec![Write::RecordStep(self.run.id.clone(), record)], events).await?;
+        Ok(Executed { outcome, cancelled })
     }
+}
 
-    /// Makes the step's data available as its artifact `<step_id>.json`: from
-    /// memory now, from history (the step record's `data`) once the run's
-    /// records are flushed (see `crate::artifact`). Returns its size.
-    fn data_artifact(&self, step_id: &str, data: &Value) -> serde_json::Result<u64> {
-        let bytes: Arc<[u8]> = Arc::from(serde_json::to_vec_pretty(data)?);
-        let size = bytes.len() as u64;
-        self.inner.live.insert(&self.run_id, format!("{step_id}.json"), bytes);
-        Ok(size)
+fn to_attempt(a: &AttemptOutcome) -> Attempt {
+    Attempt {
+        attempt: a.attempt,
+        success: a.success,
+        error: a.error.clone(),
+        duration_ms: a.duration_ms,
+        started_at: a.started_at,
     }
 }
 

@@ -80,7 +80,7 @@ pub(crate) async fn start(
     if let Some(id) = request_id(&req) {
         options = options.request_id(id);
     }
-    let handle = state.submit(&key, options).await?;
+    let handle = state.engine().submit(&key, options).await?;
     let run_id = handle.id().to_string();
     if !wait {
         let links = RunLinks {
@@ -122,26 +122,16 @@ pub(crate) async fn cancel(
 ) -> Result<HttpResponse> {
     let identity = require(&req, &state, Access::Operate)?;
     let id = RunId::new(id.into_inner());
-    if state.engine().cancel(&id) {
-        return Ok(HttpResponse::Accepted()
-            .json(serde_json::json!({ "run_id": id.as_str(), "status": "cancelling" })));
-    }
-    let Some(detail) = state.history().get_run(&id).await? else {
-        return Err(ApiError::NotFound { what: "run", id: id.to_string() });
-    };
-    if detail.run.status == RunStatus::Waiting {
-        // A run waiting at a gate has no task to stop: the engine closes its gate
-        // (recorded as a rejection by whoever cancelled) and ends it `cancelled`.
-        let by = identity.display_name().to_owned();
-        let request = request_id(&req);
-        let run = id.clone();
-        let cancelled = state
-            .on_engine(move |engine| async move { engine.cancel_waiting(&run, &by, request).await })
-            .await??;
-        if cancelled {
-            return Ok(HttpResponse::Accepted()
-                .json(serde_json::json!({ "run_id": id.as_str(), "status": "cancelled" })));
+    // The cancel commits the run's end (a compare-and-set that wins over any
+    // decision or completion not committed yet) before it answers: a 202
+    // always means the run ends `cancelled`.
+    let by = identity.display_name().to_owned();
+    match state.engine().cancel(&id, &by, request_id(&req)).await {
+        Ok(()) => Ok(HttpResponse::Accepted()
+            .json(serde_json::json!({ "run_id": id.as_str(), "status": "cancelled" }))),
+        Err(aegis_core::Error::RunFinished { status, .. }) => {
+            Err(ApiError::Conflict(format!("run {id} is {status} and cannot be cancelled")))
         }
+        Err(err) => Err(err.into()),
     }
-    Err(ApiError::Conflict(format!("run {id} is {} and cannot be cancelled", detail.run.status)))
 }

@@ -25,8 +25,9 @@ use crate::state::AppState;
 /// How often an idle stream sends a comment so proxies keep it open.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// Event types after which a run emits nothing more.
-const TERMINAL: [&str; 3] = ["workflow.completed", "run.cancelled", "run.interrupted"];
+/// The event after which a run emits nothing more: always its last, also
+/// for cancelled, rejected and interrupted runs.
+const TERMINAL: [&str; 1] = ["workflow.completed"];
 
 /// Query of `GET /api/runs/{id}/events`.
 #[derive(Debug, Deserialize, IntoParams)]

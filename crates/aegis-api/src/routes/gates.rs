@@ -137,11 +137,8 @@ async fn decide(
         request = request.request_id(id);
     }
     let id = RunId::new(run_id);
-    let gate = gate_id.clone();
-    let outcome = state
-        .on_engine(move |engine| async move { engine.decide(&id, &gate, request).await })
-        .await?
-        .map_err(gate_error)?;
+    // The engine runs the resumed run on its own runtime.
+    let outcome = state.engine().decide(&id, &gate_id, request).await.map_err(gate_error)?;
     Ok(HttpResponse::Ok().json(Decided {
         run_id: outcome.run_id.to_string(),
         gate: outcome.gate_id,

@@ -149,7 +149,7 @@ async fn cancelling_stops_the_current_step_promptly() {
         }
     }
     let clock = Instant::now();
-    assert!(env.engine.cancel(handle.id()));
+    env.engine.cancel(handle.id(), "ops", None).await.expect("cancel");
     let run_id = handle.id().clone();
     let run = handle.wait().await.expect("wait");
     assert!(clock.elapsed() < Duration::from_secs(30), "did not wait for the step");
@@ -163,7 +163,8 @@ async fn cancelling_stops_the_current_step_promptly() {
     );
     let stored = env.history.get_run(&run_id).await.expect("history").expect("run");
     assert_eq!(stored.run.status, RunStatus::Cancelled);
-    assert!(!env.engine.cancel(&run_id), "a finished run is no longer cancellable");
+    let again = env.engine.cancel(&run_id, "ops", None).await;
+    assert!(matches!(again, Err(aegis_core::Error::RunFinished { .. })), "{again:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -331,14 +331,15 @@ async fn cancelling_a_waiting_run_ends_it_cancelled() {
     let env = env(&review_yaml(&svc.url(), ""));
     let run_id = waiting_run(&env).await;
     let id = RunId::new(&run_id);
-    assert!(env.engine.cancel_waiting(&id, "ops", None).await.expect("cancel"));
+    env.engine.cancel(&id, "ops", None).await.expect("cancel");
     let d = detail(&env.history, &run_id).await;
     assert_eq!(d.run.status, RunStatus::Cancelled);
     assert!(d.pending_gates.is_empty());
     assert!(env.history.pending_gates().await.expect("pending").is_empty());
     assert_eq!(d.gate_decisions[0].by, "ops");
     // A cancelled run is not waiting any more.
-    assert!(!env.engine.cancel_waiting(&id, "ops", None).await.expect("cancel"));
+    let again = env.engine.cancel(&id, "ops", None).await;
+    assert!(matches!(again, Err(Error::RunFinished { .. })), "{again:?}");
     let late = env.engine.decide(&id, "review", GateRequest::approve("ci")).await;
     assert!(matches!(late, Err(Error::RunNotWaiting { .. })), "{late:?}");
     let types: Vec<String> = env.events(&run_id).into_iter().map(|e| e.event_type).collect();
