@@ -5,6 +5,7 @@
 mod cli_config;
 mod cli_server;
 mod demo;
+mod durability;
 mod gates;
 mod server_api;
 mod server_bad_input;

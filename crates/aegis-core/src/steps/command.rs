@@ -36,6 +36,13 @@ impl Step for Command {
         if let Some(cwd) = spec.cwd() {
             command.current_dir(cwd);
         }
+        // Who is running the program, as a CI system tells its jobs: a test
+        // command can tag what it files with the run that filed it.
+        command
+            .env("AEGIS_RUN_ID", ctx.run_id())
+            .env("AEGIS_WORKFLOW", ctx.workflow())
+            .env("AEGIS_STEP_ID", ctx.step().id())
+            .env("AEGIS_ATTEMPT", ctx.attempt().to_string());
         for (key, value) in spec.env() {
             command.env(key, value.expose());
         }
