@@ -220,7 +220,7 @@ class DashboardTest(unittest.TestCase):
                 self.nginx.terminate()
                 self.nginx.wait(timeout=30)
             self.mock.stop()
-            if sys.exc_info()[0] is None and not os.environ.get("AEGIS_KEEP_TMP"):
+            if not os.environ.get("AEGIS_KEEP_TMP"):
                 shutil.rmtree(self.tmp, ignore_errors=True)
 
     # --- Helpers -----------------------------------------------------------------
@@ -509,6 +509,26 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual([e["seq"] for e in log["events"]], seqs)
         self.assert_clean()
 
+    def test_landing_says_the_server_is_unreachable_and_recovers_by_itself(self):
+        port = free_port()
+        server = self.server(port=port)
+        page = self.open_browser(server.url + "/")
+        page.goto(server.url + "/")
+        page.get_by_text("No execution history available").wait_for()
+        banner = page.get_by_text("Server unreachable — retrying")
+        self.assertFalse(banner.is_visible())
+        self.no_reload_marker(page)
+        self.allow_failed_requests = True
+        server.stop(signal.SIGTERM)
+        banner.wait_for()
+        server.start()
+        banner.wait_for(state="hidden")
+        # The live stream is back too: a run started now appears without a reload.
+        run_id = self.start_run(server, "quick")
+        page.locator(f'#recent-runs tr[data-run="{run_id}"] .badge-succeeded').wait_for()
+        self.assert_same_document(page)
+        self.assert_clean()
+
     def test_auth_asks_for_a_key_sends_it_everywhere_and_names_the_role_a_viewer_lacks(self):
         auth = """auth:
   keys:
@@ -643,6 +663,12 @@ http {{
         self.assertTrue(page.evaluate(scroll), "the run page scrolls sideways")
         for name in ("Approve", "Reject", "Cancel"):
             self.assertGreaterEqual(page.get_by_role("button", name=name).bounding_box()["height"], 44)
+        # Rejecting (no `retry_from` here) ends the run `rejected`, shown live.
+        page.get_by_label("Comment").fill("not today")
+        page.get_by_role("button", name="Reject").click()
+        page.locator("#run-status .badge-rejected").wait_for()
+        page.locator('#decisions [data-decision="reject"]').get_by_text("not today").wait_for()
+        self.assertTrue(page.evaluate(scroll), "the run page scrolls sideways")
         self.assert_clean()
 
     def test_landing_page_and_everything_it_loads_fits_the_size_budget(self):

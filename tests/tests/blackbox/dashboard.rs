@@ -64,6 +64,11 @@ fn browser_dropped_stream_resumes_without_loss_or_repeat() {
 }
 
 #[test]
+fn browser_landing_offline_banner_and_recovery() {
+    browser_test("test_landing_says_the_server_is_unreachable_and_recovers_by_itself");
+}
+
+#[test]
 fn browser_auth_prompt_key_on_every_request_and_viewer_403() {
     browser_test("test_auth_asks_for_a_key_sends_it_everywhere_and_names_the_role_a_viewer_lacks");
 }
