@@ -24,6 +24,12 @@ fi
 export AEGIS_SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
 # Here a missing schemathesis is a failure, not a skipped check.
 export AEGIS_REQUIRE_SCHEMATHESIS=1
+# The dashboard's browser tests (`dashboard::browser_*`, driving tests/web) need Debian's
+# chromium and nginx and playwright from PyPI: scripts/browser-setup.sh installs each
+# when missing (never a browser download). Here a missing browser is a failure too.
+bash scripts/browser-setup.sh
+export AEGIS_BROWSER_PYTHON="$PWD/target/py-web/bin/python"
+export AEGIS_REQUIRE_BROWSER=1
 if [ "${1:-}" = "--setup-only" ]; then
   exit 0
 fi

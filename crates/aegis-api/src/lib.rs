@@ -93,6 +93,10 @@ pub fn app(
         .service(
             web::scope(&base_path)
                 .service(resource("/").route(web::get().to(routes::index::index)))
+                // `/aegis` without its slash is the landing page too (the `<base>` copes).
+                .service(resource("").route(web::get().to(routes::index::index)))
+                .service(resource("/runs/{id}").route(web::get().to(routes::index::run_page)))
+                .service(resource("/assets/{name:.+}").route(web::get().to(routes::index::asset)))
                 .service(resource("/health").route(web::get().to(routes::health::health)))
                 .service(resource("/health/live").route(web::get().to(routes::health::live)))
                 .service(resource("/healthz").route(web::get().to(routes::health::healthz)))

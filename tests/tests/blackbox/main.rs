@@ -4,6 +4,7 @@
 
 mod cli_config;
 mod cli_server;
+mod dashboard;
 mod demo;
 mod durability;
 mod gates;

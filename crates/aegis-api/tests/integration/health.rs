@@ -87,12 +87,3 @@ async fn openapi_lists_every_served_route() {
         assert!(paths.contains_key(path), "{path} missing from the OpenAPI document");
     }
 }
-
-#[actix_web::test]
-async fn the_root_page_says_it_is_a_placeholder() {
-    let f = fixture("").await;
-    let (status, headers, body) = call(&f.state, TestRequest::get().uri("/")).await;
-    assert_eq!(status, 200);
-    assert!(headers.get("content-type").unwrap().to_str().unwrap().starts_with("text/html"));
-    assert!(body.as_str().unwrap().contains("placeholder"));
-}

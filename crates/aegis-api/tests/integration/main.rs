@@ -4,6 +4,7 @@
 
 mod common;
 mod control;
+mod dashboard;
 mod errors;
 mod gates;
 mod health;
