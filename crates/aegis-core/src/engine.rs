@@ -595,16 +595,25 @@ impl Engine {
                     run.id
                 );
             }
+            files.push(run.id.clone());
+        }
+        if let Some(since) = since {
+            files.extend(self.inner.history.finished_since(since).await?);
+        }
+        // Before this start commits anything: from then on the writer
+        // appends the new lines after what is completed here.
+        for run_id in &files {
+            if let Err(err) = self.inner.ledger.complete_file(run_id).await {
+                log::error!("run_id={run_id}: cannot complete events.jsonl: {err}");
+            }
         }
         for run in unfinished.running {
-            files.push(run.id.clone());
             match self.interrupt(&run).await {
                 Ok(()) => recovery.interrupted.push(run.id),
                 Err(err) => self.fail_unreadable(&run, &err).await,
             }
         }
         for run in unfinished.queued {
-            files.push(run.id.clone());
             let reference = run_ref(&run);
             if !self.inner.config.workflows().contains_key(&run.workflow) {
                 let reason = format!("workflow {:?} no longer exists", run.workflow);
@@ -620,19 +629,10 @@ impl Engine {
             recovery.requeued.push(run.id);
         }
         for run in unfinished.waiting {
-            files.push(run.id.clone());
             match self.resume_decided(&run.id).await {
                 Ok(true) => recovery.resumed.push(run.id),
                 Ok(false) => recovery.waiting.push(run.id),
                 Err(err) => self.fail_unreadable(&run, &err).await,
-            }
-        }
-        if let Some(since) = since {
-            files.extend(self.inner.history.finished_since(since).await?);
-        }
-        for run_id in &files {
-            if let Err(err) = self.inner.ledger.complete_file(run_id).await {
-                log::error!("run_id={run_id}: cannot complete events.jsonl: {err}");
             }
         }
         recovery.expired = self.arm_gate_timers().await?;

@@ -23,8 +23,6 @@ fn config(mock: &Mock, dir: &Path) -> String {
     let after = dir.join("after.log");
     format!(
         "\
-data_dir: ./data
-history_db_path: ./history.db
 server: {{max_concurrent_runs: 4, max_queued_runs: 1000, shutdown_grace: 1}}
 services:
   qa: {{url: \"{url}\"}}
@@ -251,23 +249,35 @@ fn approve_racing_the_gate_timeout_and_cancel_racing_a_queued_start() {
 
 /// Follows a run's stream until it ends; the event types received.
 fn follow(port: u16, run_id: &str) -> Vec<String> {
-    let mut sse = Sse::open(port, &format!("/api/runs/{run_id}/events/stream"), &[]);
+    follow_from(port, run_id, None).0
+}
+
+/// Follows a run's stream, after `Last-Event-ID` when given, until it ends;
+/// the event types received and the last seq.
+fn follow_from(port: u16, run_id: &str, after: Option<u64>) -> (Vec<String>, u64) {
+    let last_id = after.map(|seq| seq.to_string());
+    let headers: Vec<(&str, &str)> =
+        last_id.as_deref().map(|id| ("Last-Event-ID", id)).into_iter().collect();
+    let mut sse = Sse::open(port, &format!("/api/runs/{run_id}/events/stream"), &headers);
     assert_eq!(sse.status, 200);
     let mut types = Vec::new();
+    let mut last = after.unwrap_or(0);
     while let Some(frame) = sse.next_frame(Duration::from_secs(30)) {
         if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
             let event: Value = serde_json::from_str(data).unwrap();
             types.push(event["type"].as_str().unwrap_or_default().to_owned());
+            last = event["seq"].as_u64().unwrap_or(last);
         }
     }
-    types
+    (types, last)
 }
 
 #[test]
 fn live_followers_of_cancelled_rejected_and_interrupted_runs_get_workflow_completed_last() {
     let (dir, mock) = setup(Duration::from_secs(30));
-    let mut server = Server::start(dir.path());
-    let port = server.port();
+    let port = aegis_tests::free_port();
+    let mut server = Server::spawn(dir.path(), port, &[], &[]);
+    server.wait_ready();
     let check = |types: &[String], why: &str| {
         assert_eq!(
             types.last().map(String::as_str),
@@ -299,19 +309,29 @@ fn live_followers_of_cancelled_rejected_and_interrupted_runs_get_workflow_comple
     assert_eq!(post(port, &decide(&rejected, "reject").0, json!({})).status, 200);
     check(&follower.join().unwrap(), "rejected");
 
-    // SIGTERM interrupts a run still running after the grace period.
+    // SIGTERM interrupts a run still running after the grace period. Open
+    // streams close at once on SIGTERM; the follower resumes with
+    // `Last-Event-ID` from the next process and gets the run's end last.
     let interrupted = submit(&server, "hold");
     wait_for(&server, &interrupted, &["running"]);
     let follower = {
         let run = interrupted.clone();
-        std::thread::spawn(move || follow(port, &run))
+        std::thread::spawn(move || follow_from(port, &run, None))
     };
     std::thread::sleep(Duration::from_millis(100));
     aegis_tests::signal(server.pid(), "TERM");
     assert_eq!(server.wait_exit(), Some(0));
-    let types = follower.join().unwrap();
+    let (mut types, last) = follower.join().unwrap();
+    let server = Server::spawn(dir.path(), port, &[], &[]);
+    let mut server = server;
+    server.wait_ready();
+    let (rest, _) = follow_from(port, &interrupted, Some(last));
+    types.extend(rest);
     check(&types, "interrupted");
     assert!(types.contains(&"run.interrupted".to_owned()), "{types:?}");
+    let seqs: Vec<u64> =
+        events(&server, &interrupted).iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(seqs.len(), types.len(), "an event was lost or repeated across the restart");
     drop(mock);
 }
 
@@ -354,7 +374,7 @@ fn started(detail: &Value, step_id: &str) -> usize {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|s| s["step_id"] == step_id)
+        .filter(|s| s["id"] == step_id)
         .map(|s| s["attempts"].as_array().map_or(0, Vec::len).max(1))
         .sum()
 }
