@@ -32,6 +32,17 @@ DURATION = os.environ.get("DURATION", "10s")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 
 
+# The aegis-server binary to start; None is this tree's release build
+# (bench/pipeline_compare.py points it at another build).
+RELEASE_SERVER = None
+
+
+def start_mock():
+    """The instant mock QA service (`aegis-api` example `mock_qa`); its first line is its URL."""
+    return subprocess.Popen([os.path.join(RELEASE, "examples", "mock_qa")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,7 +101,8 @@ class Server:
         env = dict(os.environ, AEGIS_LOG="warn")
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [os.path.join(RELEASE, "aegis-server"), "--config", self.config, "--port", str(self.port)],
+            [RELEASE_SERVER or os.path.join(RELEASE, "aegis-server"), "--config", self.config,
+             "--port", str(self.port)],
             env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "server.log"), "w"),
         )
         wait_ready(f"http://127.0.0.1:{self.port}/health/ready")
@@ -126,8 +138,7 @@ def main():
         sys.exit("wrk is needed (bench/server-load.sh installs it)")
     work = tempfile.mkdtemp(prefix="aegis-load-")
     results = {}
-    mock = subprocess.Popen([os.path.join(RELEASE, "examples", "mock_qa")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    mock = start_mock()
     mock_url = mock.stdout.readline().strip()
     try:
         # 1 and 4: /health against a bare actix server; idle RSS; start to ready.
