@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::require;
+use crate::body;
 use crate::dto::Gate;
 use crate::error::{ApiError, Result};
 use crate::middleware::request_id;
@@ -92,7 +93,7 @@ pub(crate) async fn approve(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse> {
     decide(req, state, path.into_inner(), body, true).await
 }
@@ -110,7 +111,7 @@ pub(crate) async fn reject(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse> {
     decide(req, state, path.into_inner(), body, false).await
 }
@@ -119,11 +120,13 @@ async fn decide(
     req: HttpRequest,
     state: web::Data<AppState>,
     (run_id, gate_id): (String, String),
-    body: web::Bytes,
+    payload: web::Payload,
     approve: bool,
 ) -> Result<HttpResponse> {
+    // Credentials first: the body is read only for a caller allowed to decide.
     let identity = require(&req, &state, Access::Operate)?;
-    let body = parse_body(&body)?;
+    let bytes = body::read(payload, state.config().server().max_body_bytes()).await?;
+    let body = parse_body(&bytes)?;
     let by = identity.display_name().to_owned();
     let mut request =
         if approve { GateRequest::approve(by.clone()) } else { GateRequest::reject(by.clone()) };
@@ -140,8 +143,7 @@ async fn decide(
     let gate = gate_id.clone();
     let outcome = state
         .on_engine(move |engine| async move { engine.decide(&id, &gate, request).await })
-        .await?
-        .map_err(gate_error)?;
+        .await??;
     Ok(HttpResponse::Ok().json(Decided {
         run_id: outcome.run_id.to_string(),
         gate: outcome.gate_id,
@@ -166,18 +168,4 @@ fn parse_body(body: &[u8]) -> Result<DecisionBody> {
     }
     serde_json::from_value(value)
         .map_err(|err| ApiError::Unprocessable(format!("invalid decision body: {err}")))
-}
-
-/// Maps the engine's gate errors to statuses: an unknown gate is 404, a gate
-/// or run that does not wait is 409, a patch that does not apply is 422.
-fn gate_error(err: aegis_core::Error) -> ApiError {
-    match err {
-        aegis_core::Error::UnknownGate { gate_id, .. } => {
-            ApiError::NotFound { what: "gate", id: gate_id }
-        }
-        err @ (aegis_core::Error::RunNotWaiting { .. }
-        | aegis_core::Error::GateNotPending { .. }) => ApiError::Conflict(err.to_string()),
-        err @ aegis_core::Error::InvalidPatch(_) => ApiError::Unprocessable(err.to_string()),
-        other => ApiError::from(other),
-    }
 }
