@@ -4,7 +4,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use aegis_auth::Access;
 use aegis_core::GateRequest;
-use aegis_history::RunId;
+use aegis_history::{PendingGate, RunId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -13,6 +13,7 @@ use crate::body;
 use crate::dto::Gate;
 use crate::error::{ApiError, Result};
 use crate::middleware::request_id;
+use crate::routes::runs::parse_limit;
 use crate::state::AppState;
 
 /// Query of `GET /api/gates`.
@@ -20,13 +21,56 @@ use crate::state::AppState;
 pub(crate) struct GatesQuery {
     /// Only `pending` (the default) is supported: decided gates are in each run's detail.
     status: Option<String>,
+    /// Page size, 1-1000 (default 50).
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
-/// The gates waiting for a decision, oldest first.
+/// The gates waiting for a decision, oldest first, one page at a time.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct GateList {
     /// The waiting gates.
     pub(crate) gates: Vec<Gate>,
+    /// Pass back as `cursor` for the next page; `null` on the last page.
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// Version tag of gate cursors, so the format can change later.
+const CURSOR_PREFIX: &str = "g1:";
+
+/// A gate's position in the list order `(since, run_id, gate_id)`.
+type Position = (i128, String, String);
+
+fn position(gate: &PendingGate) -> Position {
+    (gate.since.as_nanosecond(), gate.run_id.as_str().to_owned(), gate.gate_id.clone())
+}
+
+/// The cursor after `gate`: its position, hex-encoded so it is opaque and URL-safe.
+fn encode_cursor(gate: &PendingGate) -> String {
+    let (since, run, id) = position(gate);
+    format!("{CURSOR_PREFIX}{since}:{run}:{id}").bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(cursor: &str) -> Result<Position> {
+    let invalid =
+        || ApiError::BadRequest(format!("`cursor` is not a cursor this server gave: {cursor:?}"));
+    if !cursor.len().is_multiple_of(2) || !cursor.is_ascii() {
+        return Err(invalid());
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&cursor[i..i + 2], 16))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map_err(|_| invalid())?;
+    let plain = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let rest = plain.strip_prefix(CURSOR_PREFIX).ok_or_else(invalid)?;
+    // Run ids hold no `:`; a gate id may, so it is the rest.
+    let mut parts = rest.splitn(3, ':');
+    let since = parts.next().and_then(|s| s.parse::<i128>().ok()).ok_or_else(invalid)?;
+    let run = parts.next().filter(|r| !r.is_empty()).ok_or_else(invalid)?;
+    let gate = parts.next().filter(|g| !g.is_empty()).ok_or_else(invalid)?;
+    Ok((since, run.to_owned(), gate.to_owned()))
 }
 
 /// Body of a decision; both fields are optional and an empty body is allowed.
@@ -76,8 +120,26 @@ pub(crate) async fn list(
             )));
         }
     }
-    let gates = state.history().pending_gates().await?;
-    Ok(HttpResponse::Ok().json(GateList { gates: gates.iter().map(Gate::from).collect() }))
+    let limit = parse_limit(query.limit.as_deref(), 50)?;
+    let after = query.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
+    // A page is the next `limit` gates after the cursor's position in `position`
+    // order, so gates decided meanwhile shift nothing and each gate still waiting is
+    // listed once.
+    let mut pending = state.history().pending_gates().await?;
+    pending.sort_by_cached_key(position);
+    let mut page: Vec<&PendingGate> = pending
+        .iter()
+        .filter(|gate| after.as_ref().is_none_or(|after| position(gate) > *after))
+        .take(limit as usize + 1)
+        .collect();
+    let next_cursor = if page.len() > limit as usize {
+        page.truncate(limit as usize);
+        page.last().map(|gate| encode_cursor(gate))
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok()
+        .json(GateList { gates: page.into_iter().map(Gate::from).collect(), next_cursor }))
 }
 
 /// Approves a waiting gate: the patch is applied to the artifact and the run continues.
