@@ -2,14 +2,16 @@
 """Load test of the real aegis-server release binary (issue 6 targets).
 
 Measures, three rounds each, quoting medians:
-  1. GET /health requests/s against a bare actix-web hello server, side by side;
+  1. GET /health requests/s against a bare actix-web hello server, side by side, with
+     the default logging (a request line per request at `info`, to a file) and with
+     AEGIS_LOG=warn; the issue 12 target is >= 0.7x the bare server with the default;
   2. POST /api/workflows/full_pipeline/run?wait=true at 32 connections against an
      instant mock QA service, and that every run answered 200 is stored;
   3. GET /api/history?limit=10 p99 latency at 1 connection with 1,000,000 stored runs;
   4. idle RSS, and process start to the first 200 from /health/ready.
 
 Needs wrk (installed from Debian by bench/server-load.sh when missing). Traffic goes
-to 127.0.0.1 only; every run is bounded in time.
+to 127.0.0.1 only; every run is bounded in time. ONLY=health runs part 1 alone.
 """
 
 import json
@@ -30,6 +32,7 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 RELEASE = os.path.join(TARGET, "release")
 DURATION = os.environ.get("DURATION", "10s")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
+ONLY = os.environ.get("ONLY", "")
 
 
 # The aegis-server binary to start; None is this tree's release build
@@ -91,19 +94,23 @@ def wrk(url, connections, threads, script=None, latency=False):
 class Server:
     """An aegis-server process on a fresh port with its own config and data."""
 
-    def __init__(self, workdir, config_text, name):
+    def __init__(self, workdir, config_text, name, log="warn"):
         self.port = free_port()
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.config = os.path.join(self.dir, ".aegis.yaml")
+        self.log_path = os.path.join(self.dir, "server.log")
         with open(self.config, "w") as handle:
             handle.write(config_text)
-        env = dict(os.environ, AEGIS_LOG="warn")
+        env = dict(os.environ)
+        env.pop("AEGIS_LOG", None)
+        if log is not None:
+            env["AEGIS_LOG"] = log
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             [RELEASE_SERVER or os.path.join(RELEASE, "aegis-server"), "--config", self.config,
              "--port", str(self.port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "server.log"), "w"),
+            env=env, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"),
         )
         wait_ready(f"http://127.0.0.1:{self.port}/health/ready")
         self.ready_ms = (time.perf_counter() - started) * 1000
@@ -141,31 +148,49 @@ def main():
     mock = start_mock()
     mock_url = mock.stdout.readline().strip()
     try:
-        # 1 and 4: /health against a bare actix server; idle RSS; start to ready.
-        server = Server(work, config_for(mock_url, os.path.join(work, "h.db"), os.path.join(work, "data")), "health")
+        # 1 and 4: /health against a bare actix server, with the default logging and
+        # with AEGIS_LOG=warn, rounds interleaved; idle RSS; start to ready.
+        server = Server(work, config_for(mock_url, os.path.join(work, "h.db"), os.path.join(work, "data")),
+                        "health", log=None)
+        quiet = Server(work, config_for(mock_url, os.path.join(work, "q.db"), os.path.join(work, "qdata")),
+                       "health-warn")
         time.sleep(1)
         results["idle_rss_mib"] = rss_kib(server.proc.pid) / 1024
         ready = [server.ready_ms]
         hello_port = free_port()
         hello = subprocess.Popen([os.path.join(RELEASE, "examples", "bare_hello"), str(hello_port)])
         wait_ready(f"http://127.0.0.1:{hello_port}/health")
-        aegis_rps, hello_rps = [], []
+        aegis_rps, quiet_rps, hello_rps = [], [], []
         for _ in range(ROUNDS):
-            aegis_rps.append(wrk(f"{server.base}/health", 32, 2)["rps"])
             hello_rps.append(wrk(f"http://127.0.0.1:{hello_port}/health", 32, 2)["rps"])
+            aegis_rps.append(wrk(f"{server.base}/health", 32, 2)["rps"])
+            quiet_rps.append(wrk(f"{quiet.base}/health", 32, 2)["rps"])
         hello.terminate()
         hello.wait()
         server.stop()
+        quiet.stop()
+        with open(server.log_path, errors="replace") as log:
+            lines = log.readlines()
+        request_lines = sum(1 for line in lines if "aegis::request" in line)
+        dropped = sum(int(m.group(1)) for m in (re.search(r"dropped (\d+) log lines", l) for l in lines) if m)
         for i in range(ROUNDS - 1):
             again = Server(work, config_for(mock_url, ":memory:", os.path.join(work, f"d{i}")), f"ready{i}")
             ready.append(again.ready_ms)
             again.stop()
         results["health"] = {
-            "aegis_rps": aegis_rps, "bare_actix_rps": hello_rps,
-            "median_ratio": statistics.median(aegis_rps) / statistics.median(hello_rps),
+            "bare_actix_rps": hello_rps,
+            "aegis_default_logging_rps": aegis_rps,
+            "aegis_warn_rps": quiet_rps,
+            "median_ratio_default_logging": statistics.median(aegis_rps) / statistics.median(hello_rps),
+            "median_ratio_warn": statistics.median(quiet_rps) / statistics.median(hello_rps),
+            "request_lines_written": request_lines,
+            "request_lines_dropped": dropped,
+            "log_bytes": os.path.getsize(server.log_path),
         }
         results["start_to_ready_ms"] = ready
         print(json.dumps(results), flush=True)
+        if ONLY == "health":
+            return
 
         # 2: full_pipeline?wait=true at 32 connections; every answered run stored.
         runs = []

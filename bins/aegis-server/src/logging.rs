@@ -1,48 +1,386 @@
-//! Logging: `env_logger` with the `AEGIS_LOG` filter, as text or one JSON object per
-//! line with the record's key-values (`run_id`, `request_id`, `status`, …) as fields.
+//! Logging: the `AEGIS_LOG` filter (`env_logger`'s syntax), as text or one JSON object
+//! per line with the record's key-values (`run_id`, `request_id`, `status`, …) as
+//! fields, written off the calling threads.
+//!
+//! A log call on an HTTP worker only copies the record into a bounded channel; a
+//! dedicated thread formats the lines and writes them through a large buffer, flushing
+//! whenever the channel runs empty. When the channel is full the line is dropped and
+//! counted — a worker never waits for stderr — and the writer reports how many were
+//! dropped. [`flush`] waits for every line sent so far, for the end of the process.
 
+use std::fmt::Write as _;
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::time::Duration;
 
 use log::kv::{Key, Value, VisitSource};
+use log::{Level, Log, Metadata, Record};
 
 use crate::settings::LogFormat;
 
-struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+/// Lines waiting for the writer; beyond this they are dropped (and counted).
+const CAPACITY: usize = 16 * 1024;
 
-impl<'kvs> VisitSource<'kvs> for JsonFields<'_> {
+/// The writer's buffer: large, so a burst is written in few system calls.
+const BUFFER_BYTES: usize = 64 * 1024;
+
+/// How long [`flush`] waits for the writer.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A key-value of a record, owned so it can cross to the writer thread.
+#[derive(Debug, Clone, PartialEq)]
+enum Field {
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+    Text(String),
+}
+
+impl Field {
+    fn json(&self) -> serde_json::Value {
+        match self {
+            Field::U64(n) => (*n).into(),
+            Field::I64(n) => (*n).into(),
+            Field::F64(f) => (*f).into(),
+            Field::Bool(b) => (*b).into(),
+            Field::Text(s) => s.as_str().into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Field::U64(n) => write!(f, "{n}"),
+            Field::I64(n) => write!(f, "{n}"),
+            Field::F64(x) => write!(f, "{x}"),
+            Field::Bool(b) => write!(f, "{b}"),
+            Field::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One record, copied out of the caller's frame.
+#[derive(Debug, Clone)]
+struct Line {
+    time: jiff::Timestamp,
+    level: Level,
+    target: String,
+    message: String,
+    fields: Vec<(String, Field)>,
+}
+
+struct Fields<'a>(&'a mut Vec<(String, Field)>);
+
+impl<'kvs> VisitSource<'kvs> for Fields<'_> {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
-        let json = if let Some(n) = value.to_u64() {
-            serde_json::Value::from(n)
+        let field = if let Some(n) = value.to_u64() {
+            Field::U64(n)
         } else if let Some(n) = value.to_i64() {
-            serde_json::Value::from(n)
+            Field::I64(n)
         } else if let Some(f) = value.to_f64() {
-            serde_json::Value::from(f)
+            Field::F64(f)
         } else if let Some(b) = value.to_bool() {
-            serde_json::Value::from(b)
+            Field::Bool(b)
         } else {
-            serde_json::Value::from(value.to_string())
+            Field::Text(value.to_string())
         };
-        self.0.insert(key.as_str().to_owned(), json);
+        self.0.push((key.as_str().to_owned(), field));
         Ok(())
     }
 }
 
+impl Line {
+    fn of(record: &Record<'_>) -> Line {
+        let mut fields = Vec::new();
+        // A key-value that cannot be visited is left out rather than losing the line.
+        let _ = record.key_values().visit(&mut Fields(&mut fields));
+        Line {
+            time: jiff::Timestamp::now(),
+            level: record.level(),
+            target: record.target().to_owned(),
+            message: record.args().to_string(),
+            fields,
+        }
+    }
+
+    /// Appends the line, newline included, in `format`.
+    fn write_to(&self, format: LogFormat, out: &mut String) {
+        match format {
+            LogFormat::Text => {
+                let _ = write!(
+                    out,
+                    "[{} {:<5} {}] {}",
+                    self.time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    self.level,
+                    self.target,
+                    self.message
+                );
+                for (key, value) in &self.fields {
+                    let _ = write!(out, " {key}={value}");
+                }
+            }
+            LogFormat::Json => {
+                let mut object = serde_json::Map::new();
+                object.insert("time".to_owned(), self.time.to_string().into());
+                object.insert("level".to_owned(), self.level.as_str().to_lowercase().into());
+                object.insert("target".to_owned(), self.target.as_str().into());
+                object.insert("message".to_owned(), self.message.as_str().into());
+                for (key, value) in &self.fields {
+                    object.insert(key.clone(), value.json());
+                }
+                let _ = write!(out, "{}", serde_json::Value::Object(object));
+            }
+        }
+        out.push('\n');
+    }
+}
+
+/// What the writer thread receives.
+enum Message {
+    Line(Box<Line>),
+    /// Write everything before this, then answer.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The `log` logger: filters, copies the record and hands it to the writer.
+struct ChannelLogger {
+    /// Used for its filter only (`AEGIS_LOG` in `env_logger`'s syntax); it writes nothing.
+    filter: env_logger::Logger,
+    tx: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Log for ChannelLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        Log::enabled(&self.filter, metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.filter.matches(record) {
+            return;
+        }
+        match self.tx.try_send(Message::Line(Box::new(Line::of(record)))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            // The writer is gone (its sink failed): nothing more can be written.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    fn flush(&self) {
+        let (ack, done) = mpsc::channel();
+        // A blocking send: the flush must not be dropped like a line.
+        if self.tx.send(Message::Flush(ack)).is_ok() {
+            let _ = done.recv_timeout(FLUSH_TIMEOUT);
+        }
+    }
+}
+
+/// The writer thread: formats and writes lines in batches, flushing when the channel
+/// is empty, and reports dropped lines.
+fn write_lines(
+    rx: Receiver<Message>,
+    sink: Box<dyn Write + Send>,
+    format: LogFormat,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut out = std::io::BufWriter::with_capacity(BUFFER_BYTES, sink);
+    let mut text = String::with_capacity(512);
+    let mut acks = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(message) = next {
+            match message {
+                Message::Line(line) => {
+                    text.clear();
+                    line.write_to(format, &mut text);
+                    if out.write_all(text.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                Message::Flush(ack) => acks.push(ack),
+            }
+            next = rx.try_recv().ok();
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            let line = Line {
+                time: jiff::Timestamp::now(),
+                level: Level::Warn,
+                target: "aegis::log".to_owned(),
+                message: format!("dropped {lost} log lines: the log writer fell behind"),
+                fields: vec![("dropped".to_owned(), Field::U64(lost))],
+            };
+            text.clear();
+            line.write_to(format, &mut text);
+            let _ = out.write_all(text.as_bytes());
+        }
+        let _ = out.flush();
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Builds the logger over `sink` with room for `capacity` waiting lines, and starts
+/// its writer thread.
+fn logger(
+    filter: &str,
+    format: LogFormat,
+    capacity: usize,
+    sink: Box<dyn Write + Send>,
+) -> std::io::Result<ChannelLogger> {
+    let filter = env_logger::Builder::new().parse_filters(filter).build();
+    let (tx, rx) = mpsc::sync_channel(capacity);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&dropped);
+    std::thread::Builder::new()
+        .name("aegis-log".to_owned())
+        .spawn(move || write_lines(rx, sink, format, counter))?;
+    Ok(ChannelLogger { filter, tx, dropped })
+}
+
 /// Starts logging to stderr.
 pub(crate) fn init(filter: &str, format: LogFormat) {
-    let mut builder = env_logger::Builder::new();
-    builder.parse_filters(filter);
-    if format == LogFormat::Json {
-        builder.format(|out, record| {
-            let mut fields = serde_json::Map::new();
-            fields.insert("time".to_owned(), jiff::Timestamp::now().to_string().into());
-            fields.insert("level".to_owned(), record.level().as_str().to_lowercase().into());
-            fields.insert("target".to_owned(), record.target().into());
-            fields.insert("message".to_owned(), record.args().to_string().into());
-            // A key-value that cannot be visited is left out rather than losing the line.
-            let _ = record.key_values().visit(&mut JsonFields(&mut fields));
-            writeln!(out, "{}", serde_json::Value::Object(fields))
-        });
+    let Ok(logger) = logger(filter, format, CAPACITY, Box::new(std::io::stderr())) else {
+        eprintln!("aegis-server: cannot start the log writer thread; logging is off");
+        return;
+    };
+    let max = logger.filter.filter();
+    // A second initialisation keeps the first logger.
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(max);
     }
-    // A second initialisation (tests) keeps the first logger.
-    let _ = builder.try_init();
+}
+
+/// Waits until every line logged so far is written.
+pub(crate) fn flush() {
+    log::logger().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    type Flag = Arc<(Mutex<bool>, std::sync::Condvar)>;
+
+    fn raise(flag: &Flag) {
+        let (lock, cvar) = &**flag;
+        *lock.lock().unwrap() = true;
+        cvar.notify_all();
+    }
+
+    fn wait(flag: &Flag) {
+        let (lock, cvar) = &**flag;
+        let mut up = lock.lock().unwrap();
+        while !*up {
+            up = cvar.wait(up).unwrap();
+        }
+    }
+
+    /// A sink that blocks every write until the test opens it, then collects.
+    #[derive(Clone)]
+    struct Gated {
+        open: Flag,
+        entered: Flag,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Gated {
+        fn new() -> Gated {
+            Gated { open: Arc::default(), entered: Arc::default(), written: Arc::default() }
+        }
+
+        fn open(&self) {
+            raise(&self.open);
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.written.lock().unwrap()).into_owned()
+        }
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            raise(&self.entered);
+            wait(&self.open);
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn log_request(logger: &ChannelLogger, n: u64) {
+        let kvs: [(&str, Value<'_>); 2] =
+            [("status", Value::from(200u64)), ("request_id", Value::from("abc"))];
+        logger.log(
+            &Record::builder()
+                .level(Level::Info)
+                .target("aegis::request")
+                .args(format_args!("GET /health 200 {n}"))
+                .key_values(&kvs)
+                .build(),
+        );
+    }
+
+    #[test]
+    fn a_stuck_sink_never_blocks_the_caller_and_drops_are_counted_and_reported() {
+        let sink = Gated::new();
+        let logger = logger("info", LogFormat::Text, 4, Box::new(sink.clone())).unwrap();
+        // The first line reaches the sink, which blocks the writer; then the channel
+        // holds four lines and every other one is dropped without waiting.
+        log_request(&logger, 0);
+        wait(&sink.entered);
+        for n in 1..=200 {
+            log_request(&logger, n);
+        }
+        assert_eq!(logger.dropped.load(Ordering::Relaxed), 196);
+        sink.open();
+        logger.flush();
+        let text = sink.text();
+        assert!(text.contains("GET /health 200 0 status=200 request_id=abc"), "{text}");
+        assert!(text.contains("GET /health 200 4 "), "{text}");
+        assert!(!text.contains("GET /health 200 5 "), "{text}");
+        assert!(text.contains("dropped 196 log lines"), "{text}");
+    }
+
+    #[test]
+    fn json_lines_carry_the_key_values_as_fields_and_the_filter_applies() {
+        let sink = Gated::new();
+        sink.open();
+        let logger =
+            logger("warn,aegis::request=info", LogFormat::Json, 16, Box::new(sink.clone()))
+                .unwrap();
+        log_request(&logger, 7);
+        logger.log(
+            &Record::builder()
+                .level(Level::Info)
+                .target("other")
+                .args(format_args!("hidden"))
+                .build(),
+        );
+        logger.flush();
+        let text = sink.text();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["message"], "GET /health 200 7");
+        assert_eq!(lines[0]["level"], "info");
+        assert_eq!(lines[0]["target"], "aegis::request");
+        assert_eq!(lines[0]["status"], 200);
+        assert_eq!(lines[0]["request_id"], "abc");
+        assert!(lines[0]["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{text}");
+    }
 }

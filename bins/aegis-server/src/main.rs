@@ -58,6 +58,8 @@ fn main() -> ExitCode {
         None | Some(Command::Serve) => serve::run(&cli.flags),
         Some(Command::Healthcheck(args)) => healthcheck::run(&cli.flags, &args),
     };
+    // Log lines are written by a thread of their own; let it finish before exiting.
+    logging::flush();
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -40,25 +40,56 @@ pub(crate) fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
     let (host, port) = (settings.host.clone(), settings.port);
     let base_path = config.server().base_path().to_owned();
     let config_path = config.source().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let engine_handle = engine_runtime.handle().clone();
+    let stopping_engine = engine.clone();
     let served = actix_web::rt::System::new().block_on(async move {
-        let server = HttpServer::new(move || aegis_api::app(state.clone()))
+        let app_state = state.clone();
+        // Signals are handled here rather than by actix, so that shutdown can close
+        // the event streams first and stop the engine alongside the HTTP server.
+        let server = HttpServer::new(move || aegis_api::app(app_state.clone()))
             .bind((host.as_str(), port))
             .with_context(|| format!("cannot listen on {host}:{port}"))?
             .shutdown_timeout(grace.as_secs().max(1))
+            .disable_signals()
             .run();
+        let handle = server.handle();
         log::info!(
             host = host.as_str(), port = port, startup_ms = started.elapsed().as_millis() as u64;
             "aegis-server {} listening on http://{host}:{port}{base_path}/ (config {})",
             env!("CARGO_PKG_VERSION"), config_path.display()
         );
-        server.await.context("the HTTP server failed")
+        let mut serving = actix_web::rt::spawn(server);
+        tokio::select! {
+            result = &mut serving => {
+                // The server stopped on its own: nothing to wait for but the engine.
+                let served = result.context("the HTTP server task failed")?.context("the HTTP server failed");
+                let stop = engine_handle.spawn(async move { stopping_engine.shutdown(grace).await });
+                return served.map(|()| stop);
+            }
+            signal = shutdown_signal() => {
+                log::info!("{signal}: closing event streams, stopping; waiting up to {}s for running runs", grace.as_secs_f64());
+            }
+        }
+        // SSE streams end now; the HTTP server lets in-flight requests finish while the
+        // engine gives running runs the grace period, both at once, so the whole
+        // shutdown stays within `shutdown_grace` (plus the time to record the rest).
+        state.close_streams();
+        let stop = engine_handle.spawn(async move { stopping_engine.shutdown(grace).await });
+        handle.stop(true).await;
+        serving.await.context("the HTTP server task failed")?.context("the HTTP server failed")?;
+        Ok::<_, anyhow::Error>(stop)
     });
 
-    log::info!(
-        "stopped accepting requests; waiting up to {}s for running runs",
-        grace.as_secs_f64()
-    );
-    let report = engine_runtime.block_on(engine.shutdown(grace));
+    let report = match served {
+        Ok(stop) => engine_runtime
+            .block_on(stop)
+            .unwrap_or_else(|err| Err(aegis_core::Error::RunAborted(format!("shutdown: {err}")))),
+        Err(err) => {
+            // Bind failures and the like: still record running runs before exiting.
+            let _ = engine_runtime.block_on(engine.shutdown(grace));
+            return Err(err);
+        }
+    };
     match &report {
         Ok(report) => log::info!(
             finished = report.finished, stopped = report.stopped.len();
@@ -70,7 +101,6 @@ pub(crate) fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
     // Dropping the last handle of the store commits every queued write before exit.
     drop(history);
     engine_runtime.shutdown_timeout(grace);
-    served?;
     report.context("shutdown failed")?;
     log::info!("aegis-server stopped");
     Ok(ExitCode::SUCCESS)
@@ -104,4 +134,27 @@ async fn start_engine(
         );
     }
     Ok((engine, history))
+}
+
+/// Waits for SIGTERM or SIGINT and names the one that came.
+#[cfg(unix)]
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            log::error!("cannot listen for SIGTERM/SIGINT; stop the server with SIGKILL");
+            std::future::pending().await
+        }
+    }
+}
+
+/// Waits for Ctrl-C.
+#[cfg(not(unix))]
+async fn shutdown_signal() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "Ctrl-C"
 }

@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The request conflicts with the current state: 409.
     #[error("{0}")]
     Conflict(String),
+    /// The body did not arrive within the read timeout: 408.
+    #[error("the request body did not arrive within {} seconds", crate::body::READ_TIMEOUT.as_secs())]
+    RequestTimeout,
     /// The body is over the limit: 413.
     #[error("request body is larger than the {limit}-byte limit")]
     PayloadTooLarge {
@@ -67,35 +70,66 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The one table from an error to its status and machine-readable code: every
+    /// response status and body code comes from here.
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use aegis_history::Error as History;
+        match self {
+            ApiError::BadRequest(_) | ApiError::History(History::InvalidCursor { .. }) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
+            ApiError::Auth(AuthError::Forbidden { .. }) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound { .. }
+            | ApiError::NoRoute(_)
+            | ApiError::History(History::RunNotFound { .. }) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::Conflict(_) | ApiError::History(History::GateNotPending { .. }) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Unprocessable(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_entity")
+            }
+            ApiError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::History(_) | ApiError::Engine(_) | ApiError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+            }
+        }
+    }
+
     /// The machine-readable code in the body.
     pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::Auth(AuthError::Forbidden { .. }) => "forbidden",
-            ApiError::Auth(_) => "unauthorized",
-            ApiError::NotFound { .. } | ApiError::NoRoute(_) => "not_found",
-            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::Unprocessable(_) => "unprocessable_entity",
-            ApiError::QueueFull(_) => "queue_full",
-            ApiError::NotReady(_) => "not_ready",
-            ApiError::History(aegis_history::Error::InvalidCursor { .. }) => "bad_request",
-            ApiError::History(aegis_history::Error::RunNotFound { .. }) => "not_found",
-            ApiError::History(aegis_history::Error::GateNotPending { .. }) => "conflict",
-            ApiError::History(_) | ApiError::Engine(_) | ApiError::Internal(_) => "internal_error",
-        }
+        self.status_and_code().1
     }
 }
 
 impl From<aegis_core::Error> for ApiError {
+    /// Engine errors a client caused become their 4xx variant here, so every route
+    /// (not only the gates routes) answers them with the same status.
     fn from(err: aegis_core::Error) -> ApiError {
         match err {
             aegis_core::Error::UnknownWorkflow(key) => {
                 ApiError::NotFound { what: "workflow", id: key }
             }
             aegis_core::Error::UnknownRun(id) => ApiError::NotFound { what: "run", id },
+            aegis_core::Error::UnknownGate { gate_id, .. } => {
+                ApiError::NotFound { what: "gate", id: gate_id }
+            }
+            err @ (aegis_core::Error::RunNotWaiting { .. }
+            | aegis_core::Error::GateNotPending { .. }) => ApiError::Conflict(err.to_string()),
+            err @ aegis_core::Error::InvalidPatch(_) => ApiError::Unprocessable(err.to_string()),
             aegis_core::Error::QueueFull { limit } => ApiError::QueueFull(format!(
                 "the run queue is full ({limit} runs waiting); retry later"
             )),
@@ -126,20 +160,7 @@ pub struct ErrorDetail {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self.code() {
-            "bad_request" => StatusCode::BAD_REQUEST,
-            "unauthorized" => StatusCode::UNAUTHORIZED,
-            "forbidden" => StatusCode::FORBIDDEN,
-            "not_found" => StatusCode::NOT_FOUND,
-            "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
-            "conflict" => StatusCode::CONFLICT,
-            "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unprocessable_entity" => StatusCode::UNPROCESSABLE_ENTITY,
-            "queue_full" => StatusCode::TOO_MANY_REQUESTS,
-            "not_ready" => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.status_and_code().0
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -159,3 +180,45 @@ impl ResponseError for ApiError {
 
 /// Result of a handler.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(err: impl Into<ApiError>, status: u16, code: &str) {
+        let err = err.into();
+        assert_eq!(err.status_code().as_u16(), status, "{err}");
+        assert_eq!(err.code(), code, "{err}");
+    }
+
+    #[test]
+    fn engine_errors_a_client_caused_are_4xx_through_the_generic_conversion() {
+        let (run_id, gate_id) = ("r1".to_owned(), "review".to_owned());
+        check(
+            aegis_core::Error::GateNotPending { run_id: run_id.clone(), gate_id: gate_id.clone() },
+            409,
+            "conflict",
+        );
+        check(
+            aegis_core::Error::RunNotWaiting { run_id: run_id.clone(), status: "running".into() },
+            409,
+            "conflict",
+        );
+        check(aegis_core::Error::UnknownGate { run_id, gate_id }, 404, "not_found");
+        check(aegis_core::Error::InvalidPatch("x".into()), 422, "unprocessable_entity");
+        check(aegis_core::Error::QueueFull { limit: 1 }, 429, "queue_full");
+        check(aegis_core::Error::ShuttingDown, 503, "not_ready");
+        check(aegis_core::Error::UnknownRun("r".into()), 404, "not_found");
+        check(aegis_core::Error::RunAborted("r".into()), 500, "internal_error");
+        check(
+            aegis_core::Error::History(aegis_history::Error::GateNotPending {
+                run_id: "r".into(),
+                gate_id: "g".into(),
+            }),
+            409,
+            "conflict",
+        );
+        check(ApiError::RequestTimeout, 408, "request_timeout");
+        check(ApiError::PayloadTooLarge { limit: 1 }, 413, "payload_too_large");
+    }
+}

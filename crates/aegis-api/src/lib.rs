@@ -4,6 +4,7 @@
 //! `actix_web::test`, so both exercise the same routes, limits and middleware.
 
 mod auth;
+mod body;
 mod error;
 mod middleware;
 mod openapi;
@@ -13,7 +14,7 @@ mod state;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
-use actix_web::{App, HttpRequest, HttpResponse, Resource, web};
+use actix_web::{App, HttpRequest, HttpResponse, Resource, guard, web};
 
 /// The API's JSON shapes (shared with `aegis-cli`).
 pub use aegis_wire as dto;
@@ -21,6 +22,21 @@ pub use error::{ApiError, ErrorBody, ErrorDetail, Result};
 pub use middleware::{REQUEST_ID, RequestId, client_ip, request_id};
 pub use openapi::openapi;
 pub use state::AppState;
+
+/// A route for `GET` that answers `HEAD` too (actix sends the head without the body).
+fn get() -> actix_web::Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
+/// `base_path` without its trailing slash redirects to the dashboard at `base_path/`,
+/// keeping the query string.
+async fn to_base(req: HttpRequest) -> HttpResponse {
+    let location = match req.query_string() {
+        "" => format!("{}/", req.path()),
+        query => format!("{}/?{query}", req.path()),
+    };
+    HttpResponse::PermanentRedirect().insert_header(("Location", location)).finish()
+}
 
 /// A resource whose unmatched methods get a JSON 405.
 fn resource(path: &str) -> Resource {
@@ -78,6 +94,9 @@ pub fn app(
 > {
     let limit = state.config().server().max_body_bytes();
     let base_path = state.config().server().base_path().to_owned();
+    // Under a base path, the bare prefix (`/aegis`) would otherwise miss every route.
+    let bare_base =
+        (!base_path.is_empty()).then(|| web::resource(base_path.as_str()).route(get().to(to_base)));
     App::new()
         .app_data(state)
         .app_data(
@@ -88,39 +107,33 @@ pub fn app(
         .app_data(web::PayloadConfig::default().limit(limit))
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PathConfig::default().error_handler(path_error))
-        .wrap(actix_web::middleware::from_fn(middleware::limit_body))
-        .wrap(actix_web::middleware::from_fn(middleware::observe))
+        .wrap(actix_web::middleware::from_fn(middleware::surface))
+        .service(bare_base.into_iter().collect::<Vec<_>>())
         .service(
             web::scope(&base_path)
-                .service(resource("/").route(web::get().to(routes::index::index)))
-                // `/aegis` without its slash is the landing page too (the `<base>` copes).
-                .service(resource("").route(web::get().to(routes::index::index)))
-                .service(resource("/runs/{id}").route(web::get().to(routes::index::run_page)))
-                .service(resource("/assets/{name:.+}").route(web::get().to(routes::index::asset)))
-                .service(resource("/health").route(web::get().to(routes::health::health)))
-                .service(resource("/health/live").route(web::get().to(routes::health::live)))
-                .service(resource("/healthz").route(web::get().to(routes::health::healthz)))
-                .service(resource("/health/ready").route(web::get().to(routes::health::ready)))
-                .service(resource("/health/status").route(web::get().to(routes::health::status)))
-                .service(resource("/api/openapi.json").route(web::get().to(openapi::document)))
-                .service(resource("/api/workflows").route(web::get().to(routes::workflows::list)))
-                .service(
-                    resource("/api/workflows/{key}").route(web::get().to(routes::workflows::get)),
-                )
+                .service(resource("/").route(get().to(routes::index::index)))
+                .service(resource("/runs/{id}").route(get().to(routes::index::run_page)))
+                .service(resource("/assets/{name:.+}").route(get().to(routes::index::asset)))
+                .service(resource("/health").route(get().to(routes::health::health)))
+                .service(resource("/health/live").route(get().to(routes::health::live)))
+                .service(resource("/healthz").route(get().to(routes::health::healthz)))
+                .service(resource("/health/ready").route(get().to(routes::health::ready)))
+                .service(resource("/health/status").route(get().to(routes::health::status)))
+                .service(resource("/api/openapi.json").route(get().to(openapi::document)))
+                .service(resource("/api/workflows").route(get().to(routes::workflows::list)))
+                .service(resource("/api/workflows/{key}").route(get().to(routes::workflows::get)))
                 .service(
                     resource("/api/workflows/{key}/history")
-                        .route(web::get().to(routes::runs::workflow_history)),
+                        .route(get().to(routes::runs::workflow_history)),
                 )
-                .service(resource("/api/runs").route(web::get().to(routes::runs::list)))
-                .service(resource("/api/runs/{id}").route(web::get().to(routes::runs::get)))
-                .service(resource("/api/history").route(web::get().to(routes::runs::history)))
-                .service(
-                    resource("/api/portfolio").route(web::get().to(routes::portfolio::portfolio)),
-                )
-                .service(resource("/api/services").route(web::get().to(routes::services::list)))
+                .service(resource("/api/runs").route(get().to(routes::runs::list)))
+                .service(resource("/api/runs/{id}").route(get().to(routes::runs::get)))
+                .service(resource("/api/history").route(get().to(routes::runs::history)))
+                .service(resource("/api/portfolio").route(get().to(routes::portfolio::portfolio)))
+                .service(resource("/api/services").route(get().to(routes::services::list)))
                 .service(
                     resource("/api/services/{key}/health")
-                        .route(web::get().to(routes::services::health)),
+                        .route(get().to(routes::services::health)),
                 )
                 .service(
                     resource("/api/workflows/{key}/run")
@@ -130,22 +143,19 @@ pub fn app(
                     resource("/api/runs/{id}/cancel")
                         .route(web::post().to(routes::control::cancel)),
                 )
-                .service(
-                    resource("/api/runs/{id}/events").route(web::get().to(routes::events::poll)),
-                )
+                .service(resource("/api/runs/{id}/events").route(get().to(routes::events::poll)))
                 .service(
                     resource("/api/runs/{id}/events/stream")
-                        .route(web::get().to(routes::events::run_stream)),
+                        .route(get().to(routes::events::run_stream)),
                 )
                 .service(
-                    resource("/api/runs/{id}/artifacts")
-                        .route(web::get().to(routes::artifacts::list)),
+                    resource("/api/runs/{id}/artifacts").route(get().to(routes::artifacts::list)),
                 )
                 .service(
                     resource("/api/runs/{id}/artifacts/{name}")
-                        .route(web::get().to(routes::artifacts::download)),
+                        .route(get().to(routes::artifacts::download)),
                 )
-                .service(resource("/api/gates").route(web::get().to(routes::gates::list)))
+                .service(resource("/api/gates").route(get().to(routes::gates::list)))
                 .service(
                     resource("/api/runs/{id}/gates/{gate}/approve")
                         .route(web::post().to(routes::gates::approve)),
@@ -154,10 +164,9 @@ pub fn app(
                     resource("/api/runs/{id}/gates/{gate}/reject")
                         .route(web::post().to(routes::gates::reject)),
                 )
-                .service(resource("/api/events").route(web::get().to(routes::events::recent)))
+                .service(resource("/api/events").route(get().to(routes::events::recent)))
                 .service(
-                    resource("/api/events/stream")
-                        .route(web::get().to(routes::events::global_stream)),
+                    resource("/api/events/stream").route(get().to(routes::events::global_stream)),
                 )
                 .default_service(web::to(no_route)),
         )

@@ -1,15 +1,19 @@
-//! Cross-cutting request handling: request ids, the per-request log line, and the
-//! client address behind trusted proxies.
+//! Cross-cutting request handling: request ids, CORS, the body-size check, the
+//! per-request log line, and the client address behind trusted proxies.
 
 use std::net::IpAddr;
 use std::time::Instant;
 
-use actix_web::ResponseError;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
+use actix_web::http::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD,
+    CONTENT_LENGTH, HeaderName, HeaderValue, ORIGIN, TRANSFER_ENCODING, VARY,
+};
+use actix_web::http::{ConnectionType, Method};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, HttpRequest, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use aegis_config::IpNet;
 
 use crate::error::ApiError;
@@ -28,13 +32,50 @@ fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Assigns the request id, runs the request, sets `X-Request-ID` on the response and logs
-/// one line with method, path, status, duration and request id.
-pub(crate) async fn observe(
+/// What a CORS preflight may ask for (SPEC section 8).
+const CORS_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, POST, OPTIONS");
+const CORS_HEADERS: HeaderValue =
+    HeaderValue::from_static("X-API-Key, Authorization, Content-Type, Last-Event-ID");
+/// How long a browser may cache a preflight answer, in seconds.
+const CORS_MAX_AGE: HeaderValue = HeaderValue::from_static("600");
+
+/// The request's `Origin` when `server.cors_origins` allows it (`*` allows any).
+fn allowed_origin(req: &ServiceRequest, state: Option<&AppState>) -> Option<HeaderValue> {
+    let origins = state?.config().server().cors_origins();
+    if origins.is_empty() {
+        return None;
+    }
+    let origin = req.headers().get(ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(text)).then(|| origin.clone())
+}
+
+/// Whether the request announces a body (`Content-Length` above 0, or chunked).
+fn declares_body(req: &ServiceRequest) -> bool {
+    let headers = req.headers();
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+/// The one middleware of the app, so a request pays for one layer: it assigns the
+/// request id, answers CORS preflights, refuses a declared body over
+/// `server.max_body_bytes`, runs the request, sets `X-Request-ID` and the CORS headers
+/// on the response, and logs one line with method, path, status, duration and id.
+///
+/// The size check runs before any handler, so the limit holds on every route,
+/// including those that take no body and would otherwise accept and ignore one. A
+/// request with a body that is answered with a 4xx closes its connection: the body
+/// may be unread (credentials are checked first), and reading it would let a slow
+/// client hold the connection.
+pub(crate) async fn surface(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
     let request_id = req
         .headers()
         .get(&REQUEST_ID)
@@ -42,52 +83,70 @@ pub(crate) async fn observe(
         .filter(|id| acceptable(id))
         .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned);
     req.extensions_mut().insert(RequestId(request_id.clone()));
-    let method = req.method().to_string();
-    let path = req.path().to_owned();
-    let client = client_ip(req.request()).map(|ip| ip.to_string()).unwrap_or_default();
+    let logged = log::log_enabled!(target: "aegis::request", log::Level::Info);
+    // Only what the log line needs is copied, and only when it is written.
+    let line = logged.then(|| {
+        let client = client_ip(req.request()).map(|ip| ip.to_string()).unwrap_or_default();
+        (req.method().to_string(), req.path().to_owned(), client)
+    });
+    let origin = allowed_origin(&req, state.as_ref().map(|s| s.get_ref()));
+    let has_body = declares_body(&req);
 
-    let mut response = next.call(req).await?;
+    let mut response = if let Some(origin) = origin.as_ref().filter(|_| {
+        req.method() == Method::OPTIONS && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+    }) {
+        let mut preflight = HttpResponse::NoContent();
+        preflight
+            .insert_header((ACCESS_CONTROL_ALLOW_METHODS, CORS_METHODS))
+            .insert_header((ACCESS_CONTROL_ALLOW_HEADERS, CORS_HEADERS))
+            .insert_header((ACCESS_CONTROL_MAX_AGE, CORS_MAX_AGE))
+            .insert_header((ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
+        req.into_response(preflight.finish()).map_into_right_body()
+    } else if let Some(limit) = state.as_ref().map(|s| s.config().server().max_body_bytes())
+        && req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|length| length > limit as u64)
+    {
+        let response = ApiError::PayloadTooLarge { limit }.error_response();
+        req.into_response(response).map_into_right_body()
+    } else {
+        next.call(req).await?.map_into_left_body()
+    };
+
+    let status = response.status();
+    let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+        headers.insert(REQUEST_ID, value);
     }
-    let status = response.status().as_u16();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    log::info!(
-        target: "aegis::request",
-        method = method.as_str(),
-        path = path.as_str(),
-        status = status,
-        duration_ms = (duration_ms * 1000.0).round() / 1000.0,
-        request_id = request_id.as_str(),
-        client = client.as_str();
-        "{method} {path} {status} {duration_ms:.1}ms"
-    );
+    if let Some(origin) = origin {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("X-Request-ID"));
+        headers.append(VARY, HeaderValue::from_static("Origin"));
+    }
+    if has_body && status.is_client_error() {
+        response.response_mut().head_mut().set_connection_type(ConnectionType::Close);
+    }
+    if let Some((method, path, client)) = line {
+        let status = status.as_u16();
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        log::info!(
+            target: "aegis::request",
+            method = method.as_str(),
+            path = path.as_str(),
+            status = status,
+            duration_ms = (duration_ms * 1000.0).round() / 1000.0,
+            request_id = request_id.as_str(),
+            client = client.as_str();
+            "{method} {path} {status} {duration_ms:.1}ms"
+        );
+    }
     Ok(response)
 }
 
-/// Refuses a request whose declared `Content-Length` is over `server.max_body_bytes`
-/// with 413 before any handler runs, so the limit holds on every route, including
-/// those that take no body and would otherwise accept and ignore one.
-pub(crate) async fn limit_body(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let limit = req.app_data::<web::Data<AppState>>().map(|s| s.config().server().max_body_bytes());
-    let length = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if let (Some(limit), Some(length)) = (limit, length)
-        && length > limit as u64
-    {
-        let response = ApiError::PayloadTooLarge { limit }.error_response();
-        return Ok(req.into_response(response).map_into_right_body());
-    }
-    next.call(req).await.map(ServiceResponse::map_into_left_body)
-}
-
-/// The request id assigned by [`observe`].
+/// The request id assigned by [`surface`].
 pub fn request_id(req: &HttpRequest) -> Option<String> {
     req.extensions().get::<RequestId>().map(|r| r.0.clone())
 }

@@ -1,11 +1,12 @@
 //! What every handler shares.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aegis_auth::Authenticator;
 use aegis_config::Config;
-use aegis_core::Engine;
+use aegis_core::{Engine, ServiceHealth};
+use tokio::sync::{Mutex, watch};
 
 use aegis_history::HistoryBackend;
 
@@ -14,6 +15,17 @@ pub struct AppState {
     engine: Engine,
     auth: Authenticator,
     started: Instant,
+    health: Mutex<Option<CheckedServices>>,
+    closing: watch::Sender<bool>,
+}
+
+/// How old the service checks behind `GET /api/services` and `/health/status` may be.
+pub(crate) const HEALTH_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// The last round of service checks and when it was taken.
+struct CheckedServices {
+    at: Instant,
+    services: Arc<[ServiceHealth]>,
 }
 
 impl AppState {
@@ -21,7 +33,43 @@ impl AppState {
     /// history store).
     pub fn new(engine: Engine) -> AppState {
         let auth = Authenticator::new(engine.config().auth());
-        AppState { engine, auth, started: Instant::now() }
+        AppState {
+            engine,
+            auth,
+            started: Instant::now(),
+            health: Mutex::new(None),
+            closing: watch::Sender::new(false),
+        }
+    }
+
+    /// Every service's health from checks at most [`HEALTH_MAX_AGE`] old. One caller
+    /// checks while the others wait for its result, so concurrent (anonymous) reads
+    /// cause one round of outbound calls, not one each.
+    pub(crate) async fn service_health(&self) -> Arc<[ServiceHealth]> {
+        let mut cached = self.health.lock().await;
+        if let Some(checked) = cached.as_ref()
+            && checked.at.elapsed() <= HEALTH_MAX_AGE
+        {
+            return Arc::clone(&checked.services);
+        }
+        let services: Arc<[ServiceHealth]> = self.engine.check_services().await.into();
+        *cached = Some(CheckedServices { at: Instant::now(), services: Arc::clone(&services) });
+        services
+    }
+
+    /// Ends every open event stream now and refuses new ones: called when shutdown
+    /// starts, so SSE clients do not hold the server's graceful stop.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`AppState::close_streams`] was called.
+    pub(crate) fn streams_closed(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            // An error means the state is gone, which also ends the stream.
+            let _ = closing.wait_for(|closed| *closed).await;
+        }
     }
 
     /// The engine.

@@ -12,4 +12,5 @@ mod server_api;
 mod server_bad_input;
 mod server_lifecycle;
 mod server_openapi;
+mod server_surface;
 mod support;

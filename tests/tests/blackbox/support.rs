@@ -34,6 +34,16 @@ impl Mock {
         self.service.route("GET", "/slow", Route::ok(json!({"ok": true})).delay(delay));
     }
 
+    /// Makes `GET /health` answer after `delay`.
+    pub(crate) fn set_health_delay(&self, delay: Duration) {
+        self.service.route("GET", "/health", Route::ok(json!({"status": "ok"})).delay(delay));
+    }
+
+    /// How many health checks reached the service so far.
+    pub(crate) fn health_checks(&self) -> usize {
+        self.service.requests_to("/health").len()
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub(crate) fn url(&self) -> String {
         self.service.url()

@@ -56,13 +56,30 @@ pub(crate) fn run(cmd: GatesCommand, ctx: &Context) -> anyhow::Result<Outcome> {
     };
     match cmd {
         GatesCommand::List(args) => {
-            let url = client.url(&["api", "gates"], &[("status", Some("pending".to_owned()))]);
-            let body: Value = runtime()?.block_on(client.get_json(url))?;
+            // `GET /api/gates` is paginated: follow `next_cursor` to the last page.
+            let runtime = runtime()?;
+            let mut gates = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let url = client.url(
+                    &["api", "gates"],
+                    &[
+                        ("status", Some("pending".to_owned())),
+                        ("limit", Some("1000".to_owned())),
+                        ("cursor", cursor.take()),
+                    ],
+                );
+                let body: Value = runtime.block_on(client.get_json(url))?;
+                gates.extend(body["gates"].as_array().cloned().unwrap_or_default());
+                match body["next_cursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None => break,
+                }
+            }
             if args.json {
-                print_json(&body["gates"])?;
+                print_json(&Value::Array(gates))?;
                 return Ok(Outcome::Success);
             }
-            let gates = body["gates"].as_array().cloned().unwrap_or_default();
             if gates.is_empty() {
                 println!("No gates waiting for a decision.");
                 return Ok(Outcome::Success);

@@ -138,11 +138,15 @@ fn frame(event: &Event, id: &str) -> Option<Bytes> {
     Some(Bytes::from(format!("id: {id}\ndata: {data}\n\n")))
 }
 
+/// The stream's response. Its connection closes when the stream ends, so a stream
+/// ended by shutdown leaves no idle keep-alive connection for the server to wait on
+/// (an `EventSource` reconnects on a new connection anyway).
 fn sse_response(rx: mpsc::Receiver<Bytes>) -> HttpResponse {
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|bytes| (Ok::<_, actix_web::Error>(bytes), rx))
     });
     HttpResponse::Ok()
+        .force_close()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
@@ -165,8 +169,16 @@ fn frames_after(events: Vec<Event>, last: &mut u64) -> (Vec<Bytes>, bool) {
     (frames, done)
 }
 
-/// Follows one run: replays from `Last-Event-ID` (or `?after=`), then streams live.
-async fn follow_run(engine: Engine, run_id: RunId, mut last: u64, tx: mpsc::Sender<Bytes>) {
+/// Follows one run: replays from `Last-Event-ID` (or `?after=`), then streams live,
+/// until the run ends, the client goes away or the server shuts down (`closed`).
+async fn follow_run(
+    engine: Engine,
+    run_id: RunId,
+    mut last: u64,
+    tx: mpsc::Sender<Bytes>,
+    closed: impl std::future::Future<Output = ()>,
+) {
+    let mut closed = std::pin::pin!(closed);
     // Subscribe before reading the log: anything published meanwhile is in one of them.
     let mut sub = engine.subscribe();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -180,6 +192,7 @@ async fn follow_run(engine: Engine, run_id: RunId, mut last: u64, tx: mpsc::Send
     }
     while !done {
         tokio::select! {
+            () = &mut closed => return,
             received = sub.recv() => match received {
                 Some(Received::Event(event)) if event.run_id == run_id.as_str() && event.seq > last => {
                     // Events arrive in seq order; a jump means the log has what came between.
@@ -233,7 +246,13 @@ pub(crate) async fn run_stream(
     };
     let run_id = known_run(&state, &id).await?;
     let (tx, rx) = mpsc::channel(64);
-    actix_web::rt::spawn(follow_run(state.engine().clone(), run_id, last, tx));
+    actix_web::rt::spawn(follow_run(
+        state.engine().clone(),
+        run_id,
+        last,
+        tx,
+        state.streams_closed(),
+    ));
     Ok(sse_response(rx))
 }
 
@@ -247,11 +266,14 @@ pub(crate) async fn global_stream(
     require(&req, &state, Access::Read)?;
     let mut sub = state.engine().subscribe();
     let (tx, rx) = mpsc::channel(64);
+    let closed = state.streams_closed();
     actix_web::rt::spawn(async move {
+        let mut closed = std::pin::pin!(closed);
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
         loop {
             let bytes = tokio::select! {
+                () = &mut closed => return,
                 received = sub.recv() => match received {
                     Some(Received::Event(event)) => frame(&event, &format!("{}/{}", event.run_id, event.seq)),
                     Some(Received::Lagged(missed)) => Some(Bytes::from(format!(": missed {missed} events\n\n"))),

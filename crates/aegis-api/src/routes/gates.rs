@@ -4,14 +4,16 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use aegis_auth::Access;
 use aegis_core::GateRequest;
-use aegis_history::RunId;
+use aegis_history::{PendingGate, RunId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::require;
+use crate::body;
 use crate::dto::Gate;
 use crate::error::{ApiError, Result};
 use crate::middleware::request_id;
+use crate::routes::runs::parse_limit;
 use crate::state::AppState;
 
 /// Query of `GET /api/gates`.
@@ -19,13 +21,56 @@ use crate::state::AppState;
 pub(crate) struct GatesQuery {
     /// Only `pending` (the default) is supported: decided gates are in each run's detail.
     status: Option<String>,
+    /// Page size, 1-1000 (default 50).
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
-/// The gates waiting for a decision, oldest first.
+/// The gates waiting for a decision, oldest first, one page at a time.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct GateList {
     /// The waiting gates.
     pub(crate) gates: Vec<Gate>,
+    /// Pass back as `cursor` for the next page; `null` on the last page.
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// Version tag of gate cursors, so the format can change later.
+const CURSOR_PREFIX: &str = "g1:";
+
+/// A gate's position in the list order `(since, run_id, gate_id)`.
+type Position = (i128, String, String);
+
+fn position(gate: &PendingGate) -> Position {
+    (gate.since.as_nanosecond(), gate.run_id.as_str().to_owned(), gate.gate_id.clone())
+}
+
+/// The cursor after `gate`: its position, hex-encoded so it is opaque and URL-safe.
+fn encode_cursor(gate: &PendingGate) -> String {
+    let (since, run, id) = position(gate);
+    format!("{CURSOR_PREFIX}{since}:{run}:{id}").bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(cursor: &str) -> Result<Position> {
+    let invalid =
+        || ApiError::BadRequest(format!("`cursor` is not a cursor this server gave: {cursor:?}"));
+    if !cursor.len().is_multiple_of(2) || !cursor.is_ascii() {
+        return Err(invalid());
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&cursor[i..i + 2], 16))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map_err(|_| invalid())?;
+    let plain = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let rest = plain.strip_prefix(CURSOR_PREFIX).ok_or_else(invalid)?;
+    // Run ids hold no `:`; a gate id may, so it is the rest.
+    let mut parts = rest.splitn(3, ':');
+    let since = parts.next().and_then(|s| s.parse::<i128>().ok()).ok_or_else(invalid)?;
+    let run = parts.next().filter(|r| !r.is_empty()).ok_or_else(invalid)?;
+    let gate = parts.next().filter(|g| !g.is_empty()).ok_or_else(invalid)?;
+    Ok((since, run.to_owned(), gate.to_owned()))
 }
 
 /// Body of a decision; both fields are optional and an empty body is allowed.
@@ -75,8 +120,26 @@ pub(crate) async fn list(
             )));
         }
     }
-    let gates = state.history().pending_gates().await?;
-    Ok(HttpResponse::Ok().json(GateList { gates: gates.iter().map(Gate::from).collect() }))
+    let limit = parse_limit(query.limit.as_deref(), 50)?;
+    let after = query.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
+    // A page is the next `limit` gates after the cursor's position in `position`
+    // order, so gates decided meanwhile shift nothing and each gate still waiting is
+    // listed once.
+    let mut pending = state.history().pending_gates().await?;
+    pending.sort_by_cached_key(position);
+    let mut page: Vec<&PendingGate> = pending
+        .iter()
+        .filter(|gate| after.as_ref().is_none_or(|after| position(gate) > *after))
+        .take(limit as usize + 1)
+        .collect();
+    let next_cursor = if page.len() > limit as usize {
+        page.truncate(limit as usize);
+        page.last().map(|gate| encode_cursor(gate))
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok()
+        .json(GateList { gates: page.into_iter().map(Gate::from).collect(), next_cursor }))
 }
 
 /// Approves a waiting gate: the patch is applied to the artifact and the run continues.
@@ -92,7 +155,7 @@ pub(crate) async fn approve(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse> {
     decide(req, state, path.into_inner(), body, true).await
 }
@@ -110,7 +173,7 @@ pub(crate) async fn reject(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse> {
     decide(req, state, path.into_inner(), body, false).await
 }
@@ -119,11 +182,13 @@ async fn decide(
     req: HttpRequest,
     state: web::Data<AppState>,
     (run_id, gate_id): (String, String),
-    body: web::Bytes,
+    payload: web::Payload,
     approve: bool,
 ) -> Result<HttpResponse> {
+    // Credentials first: the body is read only for a caller allowed to decide.
     let identity = require(&req, &state, Access::Operate)?;
-    let body = parse_body(&body)?;
+    let bytes = body::read(payload, state.config().server().max_body_bytes()).await?;
+    let body = parse_body(&bytes)?;
     let by = identity.display_name().to_owned();
     let mut request =
         if approve { GateRequest::approve(by.clone()) } else { GateRequest::reject(by.clone()) };
@@ -138,7 +203,7 @@ async fn decide(
     }
     let id = RunId::new(run_id);
     // The engine runs the resumed run on its own runtime.
-    let outcome = state.engine().decide(&id, &gate_id, request).await.map_err(gate_error)?;
+    let outcome = state.engine().decide(&id, &gate_id, request).await?;
     Ok(HttpResponse::Ok().json(Decided {
         run_id: outcome.run_id.to_string(),
         gate: outcome.gate_id,
@@ -163,18 +228,4 @@ fn parse_body(body: &[u8]) -> Result<DecisionBody> {
     }
     serde_json::from_value(value)
         .map_err(|err| ApiError::Unprocessable(format!("invalid decision body: {err}")))
-}
-
-/// Maps the engine's gate errors to statuses: an unknown gate is 404, a gate
-/// or run that does not wait is 409, a patch that does not apply is 422.
-fn gate_error(err: aegis_core::Error) -> ApiError {
-    match err {
-        aegis_core::Error::UnknownGate { gate_id, .. } => {
-            ApiError::NotFound { what: "gate", id: gate_id }
-        }
-        err @ (aegis_core::Error::RunNotWaiting { .. }
-        | aegis_core::Error::GateNotPending { .. }) => ApiError::Conflict(err.to_string()),
-        err @ aegis_core::Error::InvalidPatch(_) => ApiError::Unprocessable(err.to_string()),
-        other => ApiError::from(other),
-    }
 }

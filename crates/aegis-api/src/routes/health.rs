@@ -83,7 +83,7 @@ pub(crate) struct DependencyStatus {
     pub dependencies: Vec<Dependency>,
 }
 
-/// Each dependency with its status and latency.
+/// Each dependency with its status and latency; services from checks at most 2 s old.
 #[utoipa::path(get, path = "/health/status", tag = "health", responses((status = 200, body = DependencyStatus)))]
 pub(crate) async fn status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     require(&req, &state, Access::Read)?;
@@ -96,12 +96,12 @@ pub(crate) async fn status(req: HttpRequest, state: web::Data<AppState>) -> Resu
         error: ping.err().map(|e| e.to_string()),
     };
     let mut dependencies = vec![history];
-    for service in state.engine().check_services().await {
+    for service in state.service_health().await.iter() {
         dependencies.push(Dependency {
             name: format!("service:{}", service.key),
             status: service.status.as_str().to_owned(),
             latency_ms: service.latency_ms as f64,
-            error: service.error,
+            error: service.error.clone(),
         });
     }
     let all_healthy = dependencies.iter().all(|d| d.status == "healthy");

@@ -33,7 +33,7 @@ pub(crate) struct PageQuery {
     cursor: Option<String>,
 }
 
-fn parse_limit(limit: Option<&str>, default: u32) -> Result<u32> {
+pub(crate) fn parse_limit(limit: Option<&str>, default: u32) -> Result<u32> {
     let Some(text) = limit else { return Ok(default) };
     match text.trim().parse::<u32>() {
         Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),

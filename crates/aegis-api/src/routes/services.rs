@@ -51,12 +51,12 @@ fn view(state: &AppState, health: ServiceHealth) -> ServiceView {
     }
 }
 
-/// Every service with a live health check, checked concurrently.
+/// Every service with its health from checks at most 2 s old (shared by all callers).
 #[utoipa::path(get, path = "/api/services", tag = "services", responses((status = 200, body = Object)))]
 pub(crate) async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     require(&req, &state, Access::Read)?;
-    let checks = state.engine().check_services().await;
-    let services: Vec<ServiceView> = checks.into_iter().map(|h| view(&state, h)).collect();
+    let checks = state.service_health().await;
+    let services: Vec<ServiceView> = checks.iter().map(|h| view(&state, h.clone())).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "services": services })))
 }
 

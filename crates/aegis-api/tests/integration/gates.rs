@@ -249,3 +249,44 @@ async fn the_openapi_document_has_the_gate_endpoints() {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
     }
 }
+
+#[actix_web::test]
+async fn pending_gates_are_paginated_like_the_other_lists() {
+    let qa = qa_service().await;
+    let f = gated(&qa, "").await;
+    let mut started = Vec::new();
+    for _ in 0..5 {
+        started.push(waiting_run(&f).await);
+    }
+    let mut seen = Vec::new();
+    let mut uri = "/api/gates?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let (status, _, body) = call(&f.state, TestRequest::get().uri(&uri)).await;
+        assert_eq!(status, 200, "{body}");
+        let gates = body["gates"].as_array().unwrap();
+        assert!(gates.len() <= 2, "{body}");
+        seen.extend(gates.iter().map(|g| g["run_id"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match body["next_cursor"].as_str() {
+            Some(cursor) => uri = format!("/api/gates?limit=2&cursor={cursor}"),
+            None => {
+                assert!(body["next_cursor"].is_null(), "{body}");
+                break;
+            }
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut sorted_seen = seen.clone();
+    sorted_seen.sort();
+    started.sort();
+    assert_eq!(sorted_seen, started, "every waiting gate once");
+    for bad in ["limit=0", "limit=1001", "cursor=zz", "cursor=6731"] {
+        let (status, _, body) =
+            call(&f.state, TestRequest::get().uri(&format!("/api/gates?{bad}"))).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_error(&body, "bad_request");
+    }
+    let (_, _, body) = call(&f.state, TestRequest::get().uri("/api/gates")).await;
+    assert_eq!(body["gates"].as_array().unwrap().len(), 5, "default page holds 50");
+}
