@@ -155,7 +155,10 @@ impl EngineBuilder {
             client,
             config: self.config,
         };
-        Ok(Engine { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        // Removes the folders of runs retention deletes (see `retention`).
+        crate::retention::spawn(Arc::downgrade(&inner));
+        Ok(Engine { inner })
     }
 }
 

@@ -115,13 +115,14 @@ mod gate;
 mod health;
 mod http;
 mod recorder;
+mod retention;
 mod run;
 mod step;
 mod steps;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use artifact::{Artifact, is_artifact_name};
+pub use artifact::{Artifact, ArtifactBody, is_artifact_name};
 pub use engine::{Engine, EngineBuilder, Recovery, RunHandle, RunOptions, Shutdown};
 pub use error::{Error, Result};
 pub use event::{

@@ -81,6 +81,18 @@ CREATE TABLE pending_gates (
 ) WITHOUT ROWID;
 CREATE INDEX pending_gates_by_since ON pending_gates (since, run_id, gate_id);
 ",
+    // 2: the runs retention deleted, until the engine has removed their
+    // folders. A trigger fills it, so a deletion and its record commit
+    // together whatever statement deletes the run.
+    r"
+CREATE TABLE pruned_runs (
+    seq INTEGER PRIMARY KEY,
+    id  TEXT NOT NULL UNIQUE
+);
+CREATE TRIGGER runs_pruned AFTER DELETE ON runs BEGIN
+    INSERT OR IGNORE INTO pruned_runs (id) VALUES (OLD.id);
+END;
+",
 ];
 
 /// The schema version this build writes; a file with a higher
