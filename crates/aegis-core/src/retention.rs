@@ -36,8 +36,12 @@ pub(crate) fn spawn(inner: Weak<Inner>) {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            // Only a living engine is swept; the task ends with the engine.
+            // Only a living engine is swept; the task ends with the engine
+            // or its shutdown (the next start picks up what is left).
             let Some(inner) = inner.upgrade() else { return };
+            if inner.closing() {
+                return;
+            }
             if let Err(err) = Engine::from_inner(inner).remove_pruned_runs().await {
                 log::warn!("cannot remove the folders of runs deleted by retention: {err}");
             }
