@@ -99,7 +99,8 @@ pub(crate) async fn download(
         .insert_header(("Content-Disposition", format!("attachment; filename=\"{name}\"")))
         .insert_header(("X-Content-Type-Options", "nosniff"));
     Ok(match body {
-        ArtifactBody::Bytes(bytes) => response.body(bytes.to_vec()),
+        // Shared with the engine's copy, not copied.
+        ArtifactBody::Bytes(bytes) => response.body(Bytes::from_owner(bytes)),
         ArtifactBody::File { file, size } => {
             // The size at opening is the length announced; a file that grows
             // meanwhile is cut there, one that shrinks ends the stream early.
