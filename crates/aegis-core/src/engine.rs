@@ -173,7 +173,10 @@ impl EngineBuilder {
             client,
             config: self.config,
         };
-        Ok(Engine { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        // Removes the folders of runs retention deletes (see `retention`).
+        crate::retention::spawn(&inner);
+        Ok(Engine { inner })
     }
 }
 

@@ -223,6 +223,12 @@ impl Ledger {
         }
     }
 
+    /// Whether a run's `events.jsonl` may still be written to here: it is
+    /// active, or has lines waiting for the writer.
+    pub(crate) fn busy(&self, run_id: &RunId) -> bool {
+        lock(&self.cells).contains_key(run_id) || self.writer.has(run_id.as_str())
+    }
+
     /// Writes out the pending `events.jsonl` lines of a run (of every run
     /// with `None`), on the calling thread: blocks on file I/O.
     pub(crate) fn sync(&self, run_id: Option<&RunId>) {
@@ -460,6 +466,11 @@ impl Writer {
             self.shared.woken.notify_one();
         }
         true
+    }
+
+    /// Whether a log of this run waits for the thread.
+    fn has(&self, run_id: &str) -> bool {
+        lock(&self.shared.logs).logs.iter().any(|l| l.run_id == run_id)
     }
 
     /// Takes the queued logs of a run (of every run with `None`), in order.

@@ -117,13 +117,14 @@ mod health;
 mod http;
 mod ledger;
 mod lifecycle;
+mod retention;
 mod run;
 mod step;
 mod steps;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use artifact::{Artifact, is_artifact_name};
+pub use artifact::{Artifact, ArtifactBody, is_artifact_name};
 pub use bus::{EventBus, Received, Subscription};
 pub use engine::{Engine, EngineBuilder, Recovery, RunHandle, RunOptions, Shutdown};
 pub use error::{Error, Result};

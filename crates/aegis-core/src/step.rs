@@ -209,29 +209,56 @@ impl StepContext {
 
     /// Writes a file into the run's folder; the engine announces it with an
     /// `artifact.created` event when the step finishes.
+    ///
+    /// `name` must be a name the artifact list and download serve
+    /// ([`crate::is_artifact_name`]: 1-255 ASCII letters, digits, `.`, `_`,
+    /// `-`), and neither `events.jsonl` nor `<step_id>.json` of a step of the
+    /// workflow, which the engine serves itself. A symbolic link already
+    /// there is not followed: the write fails instead.
     pub async fn write_artifact(&self, name: &str, contents: &[u8]) -> Result<PathBuf, StepError> {
-        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-            return Err(StepError::new(format!("invalid artifact name {name:?}")));
-        }
-        let path = self.run_dir.join(name);
+        use tokio::io::AsyncWriteExt as _;
+        let (mut file, path) = self.create_artifact(name).await?;
         let cannot = |err: std::io::Error| {
             StepError::new(format!("cannot write artifact {}: {err}", path.display()))
         };
-        match tokio::fs::write(&path, contents).await {
-            Ok(()) => {}
-            // The run's folder is created lazily (see `run_dir`).
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                tokio::fs::create_dir_all(&self.run_dir).await.map_err(cannot)?;
-                tokio::fs::write(&path, contents).await.map_err(cannot)?;
-            }
-            Err(err) => return Err(cannot(err)),
+        file.write_all(contents).await.map_err(cannot)?;
+        file.flush().await.map_err(cannot)?;
+        self.note_artifact(name, contents.len() as u64);
+        Ok(path)
+    }
+
+    /// Creates (or truncates) the artifact file `name` for writing, with the
+    /// checks of [`StepContext::write_artifact`]; announce it with
+    /// [`StepContext::note_artifact`] once written.
+    pub(crate) async fn create_artifact(
+        &self,
+        name: &str,
+    ) -> Result<(tokio::fs::File, PathBuf), StepError> {
+        let step_ids = self
+            .config
+            .workflows()
+            .get(&self.workflow)
+            .into_iter()
+            .flat_map(|w| w.steps().iter().map(aegis_config::Step::id));
+        if let Some(reason) = crate::artifact::refuse_step_artifact(name, step_ids) {
+            return Err(StepError::new(format!("invalid artifact name {name:?}: {reason}")));
         }
+        let path = self.run_dir.join(name);
+        match crate::artifact::create_file(&self.run_dir, name).await {
+            Ok(file) => Ok((file, path)),
+            Err(err) => {
+                Err(StepError::new(format!("cannot write artifact {}: {err}", path.display())))
+            }
+        }
+    }
+
+    /// Records an artifact file the step wrote, for its `artifact.created` event.
+    pub(crate) fn note_artifact(&self, name: &str, size: u64) {
         let mut artifacts = match self.artifacts.lock() {
             Ok(a) => a,
             Err(poisoned) => poisoned.into_inner(),
         };
-        artifacts.push((name.to_owned(), contents.len() as u64));
-        Ok(path)
+        artifacts.push((name.to_owned(), size));
     }
 
     pub(crate) fn take_artifacts(&self) -> Vec<(String, u64)> {

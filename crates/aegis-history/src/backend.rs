@@ -135,6 +135,25 @@ pub trait HistoryBackend: Send + Sync + std::fmt::Debug {
     /// when a run finishes). Returns how many runs were deleted.
     async fn apply_retention(&self) -> Result<u64>;
 
+    /// Runs retention deleted whose files (`data_dir/runs/<id>/`) may still be
+    /// on disk, oldest deletion first, at most `limit`. A store keeps this
+    /// list durably with the deletions themselves, so that a crash between a
+    /// deletion and the folder's removal leaves the id listed; the engine
+    /// removes each folder, then calls [`HistoryBackend::forget_pruned`].
+    ///
+    /// The default lists nothing, for stores that never delete runs.
+    async fn pruned_runs(&self, limit: u32) -> Result<Vec<RunId>> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+
+    /// Drops ids from the [`HistoryBackend::pruned_runs`] list once their
+    /// folders are gone; ids that are not listed are ignored.
+    async fn forget_pruned(&self, run_ids: &[RunId]) -> Result<()> {
+        let _ = run_ids;
+        Ok(())
+    }
+
     /// Checks that the store answers (for `/health/ready`).
     async fn ping(&self) -> Result<()>;
 }

@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             pagination_exactly_once_while_inserting,
             invalid_cursor,
             retention_keeps_newest_finished,
+            retention_lists_the_runs_it_deleted,
             concurrent_writers_lose_nothing,
             write_batches,
             ledger_append_only_and_contiguous,
@@ -497,6 +498,37 @@ pub async fn invalid_cursor(mut store: impl Store) {
             ListQuery { cursor: Some(cursor.to_owned()), limit: 10, ..ListQuery::default() };
         let err = history.list_runs(&query).await.unwrap_err();
         assert!(matches!(err, Error::InvalidCursor { .. }), "{cursor:?}: {err:?}");
+    }
+}
+
+/// Every run retention deletes is listed by `pruned_runs`, oldest deletion
+/// first, until `forget_pruned` drops it; a persistent store keeps the list
+/// across a reopen (the engine removes the runs' folders from it).
+pub async fn retention_lists_the_runs_it_deleted(mut store: impl Store) {
+    let history = store.open(HistoryOptions::with_max_records(2)).await.unwrap();
+    assert!(history.pruned_runs(100).await.unwrap().is_empty());
+    for i in 0..5_i64 {
+        let run = new_run(&format!("done-{i}"), "nightly", i);
+        history.create_run(&run).await.unwrap();
+        history.update_run(&run.id, &finish(RunStatus::Succeeded, 10 + i)).await.unwrap();
+    }
+    let pruned = history.pruned_runs(100).await.unwrap();
+    assert_eq!(pruned, [RunId::new("done-0"), RunId::new("done-1"), RunId::new("done-2")]);
+    assert_eq!(history.pruned_runs(2).await.unwrap(), pruned[..2]);
+    history.forget_pruned(&[RunId::new("done-1"), RunId::new("never")]).await.unwrap();
+    assert_eq!(
+        history.pruned_runs(100).await.unwrap(),
+        [RunId::new("done-0"), RunId::new("done-2")]
+    );
+    if store.is_persistent() {
+        drop(history);
+        let history = store.open(HistoryOptions::with_max_records(2)).await.unwrap();
+        assert_eq!(
+            history.pruned_runs(100).await.unwrap(),
+            [RunId::new("done-0"), RunId::new("done-2")]
+        );
+        history.forget_pruned(&[RunId::new("done-0"), RunId::new("done-2")]).await.unwrap();
+        assert!(history.pruned_runs(100).await.unwrap().is_empty());
     }
 }
 

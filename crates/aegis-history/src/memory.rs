@@ -30,6 +30,8 @@ struct State {
     order: BTreeSet<(Timestamp, RunId)>,
     /// Pending gates by `(run, gate)`.
     pending: BTreeMap<(RunId, String), PendingGate>,
+    /// Runs retention deleted, oldest deletion first (`pruned_runs`).
+    pruned: Vec<RunId>,
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +247,7 @@ impl State {
             self.order.remove(key);
             self.runs.remove(&key.1);
             self.pending.retain(|(run_id, _), _| run_id != &key.1);
+            self.pruned.push(key.1.clone());
         }
         doomed.len() as u64
     }
@@ -393,6 +396,16 @@ impl HistoryBackend for InMemoryHistory {
         let workflows: BTreeSet<String> =
             state.runs.values().map(|e| e.run.workflow.clone()).collect();
         Ok(workflows.iter().map(|w| state.prune(w, self.max_records)).sum())
+    }
+
+    async fn pruned_runs(&self, limit: u32) -> Result<Vec<RunId>> {
+        Ok(self.state().pruned.iter().take(limit as usize).cloned().collect())
+    }
+
+    async fn forget_pruned(&self, run_ids: &[RunId]) -> Result<()> {
+        let forget: BTreeSet<&RunId> = run_ids.iter().collect();
+        self.state().pruned.retain(|id| !forget.contains(id));
+        Ok(())
     }
 
     async fn ping(&self) -> Result<()> {

@@ -8,6 +8,7 @@ mod dashboard;
 mod demo;
 mod durability;
 mod gates;
+mod procs_files;
 mod server_api;
 mod server_bad_input;
 mod server_lifecycle;

@@ -1,10 +1,18 @@
 //! A run's artifacts: the files under `data_dir/runs/<run_id>/` and each
 //! step's data as `<step_id>.json` (served by the engine from history).
+//!
+//! A file is streamed from disk in chunks of [`CHUNK`] bytes as the client
+//! takes them (actix polls the body only while the socket has room), so a
+//! download holds one chunk in memory, whatever the file's size.
 
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use aegis_auth::Access;
+use aegis_core::ArtifactBody;
 use aegis_history::RunId;
+use futures_util::stream::Stream;
 use serde::Serialize;
+use tokio::io::AsyncReadExt as _;
 use utoipa::ToSchema;
 
 use crate::auth::require;
@@ -73,8 +81,8 @@ pub(crate) async fn download(
     if !plain_name(&name) {
         return Err(ApiError::NotFound { what: "artifact", id: name });
     }
-    let bytes = match state.engine().artifact(&run_id, &name).await {
-        Ok(Some(bytes)) => bytes,
+    let body = match state.engine().artifact(&run_id, &name).await {
+        Ok(Some(body)) => body,
         Ok(None) => return Err(ApiError::NotFound { what: "artifact", id: name }),
         Err(err) => return Err(ApiError::Internal(format!("cannot read artifact {name}: {err}"))),
     };
@@ -85,11 +93,46 @@ pub(crate) async fn download(
         Some("txt" | "log") => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     };
-    Ok(HttpResponse::Ok()
+    let mut response = HttpResponse::Ok();
+    response
         .content_type(content_type)
         .insert_header(("Content-Disposition", format!("attachment; filename=\"{name}\"")))
-        .insert_header(("X-Content-Type-Options", "nosniff"))
-        .body(bytes))
+        .insert_header(("X-Content-Type-Options", "nosniff"));
+    Ok(match body {
+        // Shared with the engine's copy, not copied.
+        ArtifactBody::Bytes(bytes) => response.body(Bytes::from_owner(bytes)),
+        ArtifactBody::File { file, size } => {
+            // The size at opening is the length announced; a file that grows
+            // meanwhile is cut there, one that shrinks ends the stream early.
+            response.no_chunking(size).streaming(chunks(tokio::fs::File::from_std(file), size))
+        }
+        _ => return Err(ApiError::Internal(format!("cannot serve artifact {name}"))),
+    })
+}
+
+/// How much of a file one chunk of a download holds.
+const CHUNK: usize = 64 * 1024;
+
+/// The first `size` bytes of `file`, [`CHUNK`] bytes at a time.
+fn chunks(
+    file: tokio::fs::File,
+    size: u64,
+) -> impl Stream<Item = std::result::Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold((file, size), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let want = usize::try_from(left).map_or(CHUNK, |left| left.min(CHUNK));
+        let mut buf = vec![0u8; want];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(read) => {
+                buf.truncate(read);
+                Some((Ok(Bytes::from(buf)), (file, left - read as u64)))
+            }
+            Err(err) => Some((Err(err), (file, 0))),
+        }
+    })
 }
 
 #[cfg(test)]

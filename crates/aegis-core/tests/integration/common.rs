@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use aegis_config::Config;
-use aegis_core::{Engine, Event, RunOptions, RunSummary};
+use aegis_core::{ArtifactBody, Engine, Event, RunOptions, RunSummary};
 use aegis_history::{HistoryBackend, InMemoryHistory, Trigger};
 
 pub(crate) struct Env {
@@ -41,4 +41,17 @@ pub(crate) fn env(yaml: &str) -> Env {
     let history: Arc<dyn HistoryBackend> = Arc::new(InMemoryHistory::default());
     let engine = Engine::builder(config, Arc::clone(&history)).build().expect("engine");
     Env { dir, engine, history }
+}
+
+/// An artifact's whole contents (tests only: the server streams files).
+pub(crate) fn body_bytes(body: ArtifactBody) -> Vec<u8> {
+    match body {
+        ArtifactBody::Bytes(bytes) => bytes.to_vec(),
+        ArtifactBody::File { mut file, .. } => {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut out).expect("read artifact file");
+            out
+        }
+        other => panic!("unexpected artifact body {other:?}"),
+    }
 }

@@ -115,7 +115,9 @@ async fn run_events_and_artifacts_see_every_event_at_once() {
     let run_id = aegis_history::RunId::new(run.run_id.as_str());
     let listed = env.engine.artifacts(&run_id).await.expect("artifacts").expect("run");
     let log = listed.iter().find(|a| a.name == "events.jsonl").expect("events.jsonl is listed");
-    let bytes = env.engine.artifact(&run_id, "events.jsonl").await.expect("read").expect("log");
+    let bytes = crate::common::body_bytes(
+        env.engine.artifact(&run_id, "events.jsonl").await.expect("read").expect("log"),
+    );
     assert_eq!(log.size, bytes.len() as u64);
     let text = String::from_utf8(bytes).expect("utf-8");
     assert!(text.lines().last().is_some_and(|l| l.contains("workflow.completed")));

@@ -5,5 +5,6 @@ mod control;
 mod events;
 mod gates;
 mod health;
+mod procs_files;
 mod runs;
 mod steps;

@@ -66,8 +66,10 @@ workflows:
     assert_eq!(detail.steps.len(), 5);
     assert!(detail.steps.iter().all(|s| s.status == StepStatus::Succeeded));
     let artifact = env.engine.artifact(&run.run_id.as_str().into(), "test.json").await;
-    let stored: serde_json::Value =
-        serde_json::from_slice(&artifact.expect("read").expect("artifact")).expect("json");
+    let stored: serde_json::Value = serde_json::from_slice(&crate::common::body_bytes(
+        artifact.expect("read").expect("artifact"),
+    ))
+    .expect("json");
     assert_eq!(stored, test.data);
     let listed = env.engine.artifacts(&run.run_id.as_str().into()).await.expect("list");
     let names: Vec<String> = listed.expect("run").into_iter().map(|a| a.name).collect();

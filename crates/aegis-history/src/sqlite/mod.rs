@@ -68,6 +68,9 @@ enum Readers {
 pub struct SqliteHistory {
     location: PathBuf,
     committer: Arc<Committer>,
+    /// The write connection the committer uses, for `forget_pruned` (rare,
+    /// small, and serialised with the commits by the connection's lock).
+    write_conn: Conn,
     checkpointer: Option<JoinHandle<()>>,
     readers: Readers,
 }
@@ -183,8 +186,9 @@ impl SqliteHistory {
         options: &HistoryOptions,
         checkpoint: Option<mpsc::SyncSender<()>>,
     ) -> Self {
+        let write_conn = Arc::clone(&conn);
         let committer = Committer::new(conn, options.max_batch, options.max_records, checkpoint);
-        Self { location, committer: Arc::new(committer), checkpointer: None, readers }
+        Self { location, committer: Arc::new(committer), write_conn, checkpointer: None, readers }
     }
 
     async fn write(&self, op: Op) -> Result<u64> {
@@ -393,6 +397,43 @@ impl HistoryBackend for SqliteHistory {
 
     async fn apply_retention(&self) -> Result<u64> {
         self.write(Op::ApplyRetention).await
+    }
+
+    async fn pruned_runs(&self, limit: u32) -> Result<Vec<RunId>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT id FROM pruned_runs ORDER BY seq LIMIT ?1")
+                .map_err(|source| Error::Query { source })?;
+            let rows = stmt
+                .query_map([limit], |row| row.get::<_, String>(0))
+                .map_err(|source| Error::Query { source })?;
+            rows.map(|row| row.map(RunId::new).map_err(|source| Error::Query { source })).collect()
+        })
+        .await
+    }
+
+    async fn forget_pruned(&self, run_ids: &[RunId]) -> Result<()> {
+        if run_ids.is_empty() {
+            return Ok(());
+        }
+        let conn = Arc::clone(&self.write_conn);
+        let run_ids = run_ids.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&conn);
+            let write = |source| Error::Write { source: Arc::new(source) };
+            let tx =
+                conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(write)?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("DELETE FROM pruned_runs WHERE id = ?1").map_err(write)?;
+                for id in &run_ids {
+                    stmt.execute([id.as_str()]).map_err(write)?;
+                }
+            }
+            tx.commit().map_err(write)
+        })
+        .await
+        .map_err(|source| Error::Task { source })?
     }
 
     async fn ping(&self) -> Result<()> {

@@ -94,6 +94,18 @@ CREATE TABLE events (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 ",
+    // 3: the runs retention deleted, until the engine has removed their
+    // folders. A trigger fills it, so a deletion and its record commit
+    // together whatever statement deletes the run.
+    r"
+CREATE TABLE pruned_runs (
+    seq INTEGER PRIMARY KEY,
+    id  TEXT NOT NULL UNIQUE
+);
+CREATE TRIGGER runs_pruned AFTER DELETE ON runs BEGIN
+    INSERT OR IGNORE INTO pruned_runs (id) VALUES (OLD.id);
+END;
+",
 ];
 
 /// The schema version this build writes; a file with a higher
