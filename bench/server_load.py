@@ -183,6 +183,9 @@ def main():
             "aegis_warn_rps": quiet_rps,
             "median_ratio_default_logging": statistics.median(aegis_rps) / statistics.median(hello_rps),
             "median_ratio_warn": statistics.median(quiet_rps) / statistics.median(hello_rps),
+            # Each round's ratio to the bare server measured just before it, which is
+            # steadier than the ratio of medians on a machine with other load.
+            "median_paired_ratio_default_logging": statistics.median(a / h for a, h in zip(aegis_rps, hello_rps)),
             "request_lines_written": request_lines,
             "request_lines_dropped": dropped,
             "log_bytes": os.path.getsize(server.log_path),

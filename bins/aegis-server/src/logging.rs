@@ -26,6 +26,9 @@ const CAPACITY: usize = 16 * 1024;
 /// The writer's buffer: large, so a burst is written in few system calls.
 const BUFFER_BYTES: usize = 64 * 1024;
 
+/// How long the writer lets lines gather after a busy batch.
+const BATCH_PAUSE: Duration = Duration::from_millis(5);
+
 /// How long [`flush`] waits for the writer.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -195,7 +198,9 @@ fn write_lines(
     let mut acks = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
+        let mut batch = 0usize;
         while let Some(message) = next {
+            batch += 1;
             match message {
                 Message::Line(line) => {
                     text.clear();
@@ -224,6 +229,11 @@ fn write_lines(
         let _ = out.flush();
         for ack in acks.drain(..) {
             let _ = ack.send(());
+        }
+        // Under load, let lines gather before the next batch: a writer parked in
+        // `recv` costs each sender a wake-up system call, a pausing one costs none.
+        if batch > 1 {
+            std::thread::sleep(BATCH_PAUSE);
         }
     }
     let _ = out.flush();

@@ -146,7 +146,7 @@ pub(crate) async fn surface(
     Ok(response)
 }
 
-/// The request id assigned by [`surface`].
+/// The request id the app assigned to this request (echoed or generated).
 pub fn request_id(req: &HttpRequest) -> Option<String> {
     req.extensions().get::<RequestId>().map(|r| r.0.clone())
 }

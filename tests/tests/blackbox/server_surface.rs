@@ -297,3 +297,37 @@ fn sigterm_closes_open_sse_streams_at_once_and_exits_within_the_grace() {
     let exited = signalled.elapsed();
     assert!(exited < Duration::from_secs(32), "shutdown took {exited:?}, over grace + 2 s");
 }
+
+#[test]
+fn request_lines_are_json_with_their_fields_when_asked_and_all_are_written_by_exit() {
+    let mock = Mock::start(Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &workflows(&mock));
+    let server = Server::start_with(dir.path(), &[], &[("AEGIS_LOG_FORMAT", "json")]);
+    for n in 0..50 {
+        let id = format!("json-line-{n}");
+        let response = server.send(&Request::get("/health").header("X-Request-ID", &id));
+        assert_eq!(response.status, 200);
+    }
+    let log_path = server.stderr_path().to_path_buf();
+    assert_eq!(server.terminate(), Some(0));
+    let text = std::fs::read_to_string(log_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect();
+    for n in 0..50 {
+        let id = format!("json-line-{n}");
+        let line = lines
+            .iter()
+            .find(|l| l["request_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no request line for {id}:\n{text}"));
+        assert_eq!(line["target"], "aegis::request");
+        assert_eq!(line["level"], "info");
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["path"], "/health");
+        assert_eq!(line["status"], 200);
+        assert!(line["duration_ms"].is_number(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l["message"] == "aegis-server stopped"), "{text}");
+}
