@@ -5,6 +5,7 @@
 
 mod auth;
 mod error;
+mod metrics;
 mod middleware;
 mod openapi;
 mod routes;
@@ -89,6 +90,8 @@ pub fn app(
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .wrap(actix_web::middleware::from_fn(middleware::limit_body))
+        // Outside the body limit, so that its 413s are counted too.
+        .wrap(actix_web::middleware::from_fn(metrics::count_requests))
         .wrap(actix_web::middleware::from_fn(middleware::observe))
         .service(
             web::scope(&base_path)
@@ -98,6 +101,7 @@ pub fn app(
                 .service(resource("/healthz").route(web::get().to(routes::health::healthz)))
                 .service(resource("/health/ready").route(web::get().to(routes::health::ready)))
                 .service(resource("/health/status").route(web::get().to(routes::health::status)))
+                .service(resource("/metrics").route(web::get().to(metrics::metrics)))
                 .service(resource("/api/openapi.json").route(web::get().to(openapi::document)))
                 .service(resource("/api/workflows").route(web::get().to(routes::workflows::list)))
                 .service(

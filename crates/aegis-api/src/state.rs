@@ -8,6 +8,7 @@ use aegis_config::Config;
 use aegis_core::{Engine, RunHandle, RunOptions};
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use aegis_history::HistoryBackend;
 
 /// The application state behind `web::Data`.
@@ -16,6 +17,7 @@ pub struct AppState {
     auth: Authenticator,
     started: Instant,
     runtime: Option<tokio::runtime::Handle>,
+    metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -23,13 +25,16 @@ impl AppState {
     /// history store).
     pub fn new(engine: Engine) -> AppState {
         let auth = Authenticator::new(engine.config().auth());
-        AppState { engine, auth, started: Instant::now(), runtime: None }
+        let metrics = Metrics::new(&engine);
+        AppState { engine, auth, started: Instant::now(), runtime: None, metrics }
     }
 
     /// Runs started through the API execute on this runtime instead of the HTTP worker
     /// that accepted the request, so they outlive the worker and shutdown can wait for
     /// them or record them interrupted.
     pub fn with_runtime(mut self, runtime: tokio::runtime::Handle) -> AppState {
+        // The metrics follow the engine's events on the engine's runtime too.
+        self.metrics.start(&runtime);
         self.runtime = Some(runtime);
         self
     }
@@ -84,6 +89,11 @@ impl AppState {
     /// The history store.
     pub fn history(&self) -> &Arc<dyn HistoryBackend> {
         self.engine.history()
+    }
+
+    /// The `/metrics` figures.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The credential checker.

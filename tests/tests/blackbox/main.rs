@@ -9,5 +9,6 @@ mod gates;
 mod server_api;
 mod server_bad_input;
 mod server_lifecycle;
+mod server_metrics;
 mod server_openapi;
 mod support;
