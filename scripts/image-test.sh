@@ -8,7 +8,8 @@
 #   - without AEGIS_API_KEY the server refuses to start, exits 1 and names the variable;
 #   - with a key it serves /health and /health/ready on 0.0.0.0, as a non-root uid,
 #     and `aegis-server healthcheck` inside the container exits 0 (1 once it stopped);
-#   - a run recorded in /app/data is still there after the container restarts.
+#   - a run recorded in the /app/data volume (a host folder here) is still there after
+#     the container restarts, and /app/data in the image belongs to aegis.
 #
 # buildah comes from Debian (installed here when missing, as root). Without root, or
 # where buildah cannot build at all, the test is skipped with a loud message.
@@ -88,6 +89,11 @@ if ! [[ "$size" =~ ^[0-9]+$ ]] || [ "$size" -eq 0 ]; then
   bah push --quiet "$image" "dir:$work/export" >/dev/null
   size=$(du -sb "$work/export" | cut -f1)
 fi
+# .Size may count compressed layers; the files themselves are what a daemon stores.
+content=$(du -sb target/docker/rootfs | cut -f1)
+if [ "$content" -gt "$size" ]; then
+  size=$content
+fi
 size_mb=$(awk -v b="$size" 'BEGIN { printf "%.1f", b / 1000000 }')
 echo "image size: $size bytes ($size_mb MB; limit 50 MB)"
 [ "$size" -lt 50000000 ] || fail "the image is $size_mb MB, over 50 MB"
@@ -99,7 +105,8 @@ import json, sys
 doc = json.load(sys.stdin)
 cfg = doc["Docker"]["config"]
 problems = []
-if cfg.get("User") != "10001:10001": problems.append(f"User is {cfg.get(\"User\")!r}")
+user = cfg.get("User")
+if user != "10001:10001": problems.append(f"User is {user!r}")
 if "8000/tcp" not in (cfg.get("ExposedPorts") or {}): problems.append("8000/tcp is not exposed")
 if "/app/data" not in (cfg.get("Volumes") or {}): problems.append("/app/data is not a volume")
 if "AEGIS_DB_PATH=/app/data/aegis_history.db" not in cfg.get("Env", []): problems.append("AEGIS_DB_PATH is not /app/data/aegis_history.db")
@@ -116,6 +123,15 @@ echo "image config: user 10001:10001, EXPOSE 8000, VOLUME /app/data, AEGIS_DB_PA
 ctr=$(bah from --quiet "$image")
 containers+=("$ctr")
 key=image-test-key-0123456789abcdef
+# The volume: a host folder on /app/data, owned by aegis as a fresh named volume
+# copied from the image would be.
+data=$work/data
+rm -rf "$data"
+mkdir -p "$data"
+chown 10001:10001 "$data"
+image_data_owner=$(stat -c %u "$(bah mount "$ctr")/app/data")
+bah umount "$ctr" >/dev/null
+[ "$image_data_owner" = 10001 ] || fail "/app/data in the image is owned by uid $image_data_owner"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 # Without AEGIS_API_KEY: exit 1 and a message naming it.
@@ -133,8 +149,8 @@ echo "without AEGIS_API_KEY: exit 1, $(grep -m1 'AEGIS_API_KEY' "$work/nokey.err
 # server's own pid (a descendant of buildah's).
 start() {
   local log=$1
-  bah run --isolation chroot --env AEGIS_API_KEY="$key" --env AEGIS_PORT="$port" "$ctr" \
-    -- /usr/local/bin/aegis-server >"$log" 2>&1 &
+  bah run --isolation chroot --volume "$data:/app/data" --env AEGIS_API_KEY="$key" \
+    --env AEGIS_PORT="$port" "$ctr" -- /usr/local/bin/aegis-server >"$log" 2>&1 &
   local launcher=$!
   server_pids+=("$launcher")
   local deadline=$((SECONDS + 120))
@@ -196,13 +212,11 @@ run_id=$(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); assert r["st
   || fail "the smoke run did not succeed: $run"
 stop
 
-mnt=$(bah mount "$ctr")
-db=$mnt/app/data/aegis_history.db
+db=$data/aegis_history.db
 [ -f "$db" ] || fail "no history database at /app/data/aegis_history.db"
 owner=$(stat -c %u "$db")
 [ "$owner" = 10001 ] || fail "/app/data/aegis_history.db is owned by uid $owner"
-[ -d "$mnt/app/data/runs/$run_id" ] || fail "the run's folder is not under /app/data/runs"
-bah umount "$ctr" >/dev/null
+[ -d "$data/runs/$run_id" ] || fail "the run's folder is not under /app/data/runs"
 echo "run $run_id recorded in /app/data (owned by aegis)"
 
 set +e
