@@ -87,7 +87,7 @@ pub(crate) async fn limit_body(
     next.call(req).await.map(ServiceResponse::map_into_left_body)
 }
 
-/// The request id assigned by [`observe`].
+/// The request id assigned by the `observe` middleware.
 pub fn request_id(req: &HttpRequest) -> Option<String> {
     req.extensions().get::<RequestId>().map(|r| r.0.clone())
 }
