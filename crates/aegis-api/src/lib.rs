@@ -6,6 +6,7 @@
 mod auth;
 mod body;
 mod error;
+mod metrics;
 mod middleware;
 mod openapi;
 mod routes;
@@ -108,6 +109,8 @@ pub fn app(
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .wrap(actix_web::middleware::from_fn(middleware::surface))
+        // Outside the surface middleware, so that its 408s and 413s are counted too.
+        .wrap(actix_web::middleware::from_fn(metrics::count_requests))
         .service(bare_base.into_iter().collect::<Vec<_>>())
         .service(
             web::scope(&base_path)
@@ -119,6 +122,7 @@ pub fn app(
                 .service(resource("/healthz").route(get().to(routes::health::healthz)))
                 .service(resource("/health/ready").route(get().to(routes::health::ready)))
                 .service(resource("/health/status").route(get().to(routes::health::status)))
+                .service(resource("/metrics").route(get().to(metrics::metrics)))
                 .service(resource("/api/openapi.json").route(get().to(openapi::document)))
                 .service(resource("/api/workflows").route(get().to(routes::workflows::list)))
                 .service(resource("/api/workflows/{key}").route(get().to(routes::workflows::get)))

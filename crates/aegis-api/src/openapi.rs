@@ -16,6 +16,7 @@ use crate::state::AppState;
         crate::routes::health::ready,
         crate::routes::health::status,
         document,
+        crate::metrics::metrics,
         crate::routes::workflows::list,
         crate::routes::workflows::get,
         crate::routes::runs::workflow_history,

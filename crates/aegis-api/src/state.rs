@@ -8,6 +8,7 @@ use aegis_config::Config;
 use aegis_core::{Engine, ServiceHealth};
 use tokio::sync::{Mutex, watch};
 
+use crate::metrics::Metrics;
 use aegis_history::HistoryBackend;
 
 /// The application state behind `web::Data`.
@@ -17,6 +18,7 @@ pub struct AppState {
     started: Instant,
     health: Mutex<Option<CheckedServices>>,
     closing: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 }
 
 /// How old the service checks behind `GET /api/services` and `/health/status` may be.
@@ -33,13 +35,22 @@ impl AppState {
     /// history store).
     pub fn new(engine: Engine) -> AppState {
         let auth = Authenticator::new(engine.config().auth());
+        let metrics = Metrics::new(&engine);
+        // The metrics follow the engine's events on the engine's runtime.
+        metrics.start(engine.runtime());
         AppState {
             engine,
             auth,
             started: Instant::now(),
             health: Mutex::new(None),
             closing: watch::Sender::new(false),
+            metrics,
         }
+    }
+
+    /// The `/metrics` figures.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Every service's health from checks at most [`HEALTH_MAX_AGE`] old. One caller

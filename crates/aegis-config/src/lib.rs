@@ -3,12 +3,12 @@
 //!
 //! Loading runs in stages, each reporting every problem it finds rather than the first:
 //!
-//! 1. [`node`]: the YAML text becomes a tree of located nodes (syntax, duplicate keys,
+//! 1. `node`: the YAML text becomes a tree of located nodes (syntax, duplicate keys,
 //!    size and alias-expansion limits);
-//! 2. [`interpolate`]: `${VAR}` and `${VAR:-default}` are expanded in every string;
-//! 3. [`de`] and [`raw`]: the tree is deserialized into raw serde structs that reject
+//! 2. `interpolate`: `${VAR}` and `${VAR:-default}` are expanded in every string;
+//! 3. `de` and `raw`: the tree is deserialized into raw serde structs that reject
 //!    unknown keys and wrong types, with a "did you mean" hint;
-//! 4. [`validate`]: raw structs become the validated [`Config`] — defaults, ranges,
+//! 4. `validate`: raw structs become the validated [`Config`] — defaults, ranges,
 //!    required keys and cross-references (services, step ids, gate artifacts).
 //!
 //! ```

@@ -351,6 +351,11 @@ impl Engine {
         &self.inner.history
     }
 
+    /// The runtime the engine's tasks run on.
+    pub fn runtime(&self) -> &Handle {
+        &self.inner.runtime
+    }
+
     /// The shared HTTP client.
     pub fn client(&self) -> &reqwest::Client {
         &self.inner.client

@@ -12,6 +12,7 @@ mod procs_files;
 mod server_api;
 mod server_bad_input;
 mod server_lifecycle;
+mod server_metrics;
 mod server_openapi;
 mod server_surface;
 mod support;

@@ -80,11 +80,14 @@ async fn unknown_assets_are_json_404s() {
 #[actix_web::test]
 async fn the_dashboard_moves_under_base_path() {
     let f = fixture("server: {base_path: /aegis}").await;
-    for (path, base) in [("/aegis/", "./"), ("/aegis", "aegis/"), ("/aegis/runs/x", "../")] {
+    for (path, base) in [("/aegis/", "./"), ("/aegis/runs/x", "../")] {
         let (status, _, body) = fetch(&f.state, TestRequest::get().uri(path)).await;
         assert_eq!(status, 200, "{path}");
         assert!(body.contains(&format!("<base href=\"{base}\">")), "{path}");
     }
+    // The base path without its slash redirects to the landing page.
+    let (status, _, _) = fetch(&f.state, TestRequest::get().uri("/aegis")).await;
+    assert_eq!(status, 308, "/aegis");
     let (status, _, _) = fetch(&f.state, TestRequest::get().uri("/aegis/assets/app.js")).await;
     assert_eq!(status, 200);
     for outside in ["/", "/assets/app.js", "/runs/x"] {
