@@ -114,6 +114,8 @@ mod event;
 mod gate;
 mod health;
 mod http;
+pub mod limits;
+mod patch;
 mod recorder;
 mod run;
 mod step;
@@ -133,5 +135,6 @@ pub use event::{
 pub use gate::{GateOutcome, GateRequest, TIMEOUT_DECIDER};
 pub use health::{HEALTH_TIMEOUT, HealthStatus, ServiceHealth, check_service, check_services};
 pub use http::build_client;
+pub use patch::{MAX_PATCH_DEPTH, PatchRefusal, apply_patch};
 pub use run::{MAX_RETRY_DELAY, RunSummary, retry_delay};
 pub use step::{AttemptOutcome, Step, StepContext, StepError, StepOutcome, StepRegistry};
