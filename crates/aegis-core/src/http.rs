@@ -41,7 +41,7 @@ fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let Some(first) = attempt.previous().first() else { return attempt.follow() };
         if origin(first) != origin(attempt.url()) {
-            let to = shown_url(attempt.url());
+            let to = aegis_config::shown_url(attempt.url());
             return attempt.error(Error::CrossOriginRedirect { to });
         }
         if attempt.previous().len() > MAX_REDIRECTS {
@@ -56,19 +56,19 @@ fn origin(url: &reqwest::Url) -> (&str, Option<&str>, Option<u16>) {
     (url.scheme(), url.host_str(), url.port_or_known_default())
 }
 
-/// A URL as it may appear in a message: its password, if any, as `***`.
-fn shown_url(url: &reqwest::Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        // Only URLs that cannot hold a password refuse this, and this one holds one.
-        let _ = shown.set_password(Some("***"));
-    }
-    shown.to_string()
-}
-
 /// The URL of `path` on a service.
 pub(crate) fn service_url(service: &Service, path: &str) -> String {
-    let base = service.url().as_str().trim_end_matches('/');
+    join(service.url().as_str(), path)
+}
+
+/// The URL of `path` on a service as it may be shown: a password in the service's
+/// URL as `***`.
+pub(crate) fn shown_service_url(service: &Service, path: &str) -> String {
+    join(&aegis_config::shown_url(service.url()), path)
+}
+
+fn join(base: &str, path: &str) -> String {
+    let base = base.trim_end_matches('/');
     if path.starts_with('/') { format!("{base}{path}") } else { format!("{base}/{path}") }
 }
 
@@ -104,6 +104,12 @@ pub(crate) fn describe_error(err: &reqwest::Error) -> String {
         text.push_str(": ");
         text.push_str(&cause.to_string());
         source = cause.source();
+    }
+    // reqwest names the URL it was sending to, with any password in it.
+    if let Some(url) = err.url()
+        && url.password().is_some()
+    {
+        text = text.replace(url.as_str(), &aegis_config::shown_url(url));
     }
     if err.is_connect() { format!("connection failed: {text}") } else { text }
 }

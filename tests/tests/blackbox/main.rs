@@ -7,6 +7,7 @@ mod cli_server;
 mod demo;
 mod gates;
 mod hostile_input;
+mod secrets;
 mod server_api;
 mod server_bad_input;
 mod server_lifecycle;
