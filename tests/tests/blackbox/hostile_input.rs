@@ -324,3 +324,24 @@ fn redirects_to_another_origin_are_not_followed_and_the_key_stays_home() {
     assert_eq!(moved.header("x-api-key"), Some(QA_KEY));
     assert_eq!(moved.header("referer"), None);
 }
+
+#[test]
+fn an_alias_to_a_missing_anchor_is_reported_at_the_alias_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "services:\n  qa:\n    url: http://localhost:1\n    features: *nosuch\n",
+    )
+    .unwrap();
+    let out = aegis_tests::run(
+        aegis_tests::aegis_cli(dir.path()).args(["config", "validate", "--config", "bad.yaml"]),
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.stdout.lines().next(),
+        Some(
+            "bad.yaml:4:15: error: alias `*nosuch` refers to an anchor `&nosuch` that is not defined before it"
+        ),
+        "{out:?}"
+    );
+}
