@@ -123,6 +123,18 @@ mod steps;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): internal
+/// parsers that have no public API of their own. Not part of the stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a JUnit XML report as a `command` step with `junit:` does, into the
+    /// step data it would record.
+    pub fn parse_junit(xml: &str) -> Result<serde_json::Value, String> {
+        crate::steps::junit::parse(xml).map(|report| report.to_data(Some(0)))
+    }
+}
+
 pub use artifact::{Artifact, is_artifact_name};
 pub use engine::{Engine, EngineBuilder, Recovery, RunHandle, RunOptions, Shutdown};
 pub use error::{Error, Result};
