@@ -12,7 +12,9 @@ use libfuzzer_sys::fuzz_target;
 /// it runs, reading a real file.
 fn file() -> &'static PathBuf {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
-    FILE.get_or_init(|| std::env::temp_dir().join(format!("aegis-fuzz-{}.yaml", std::process::id())))
+    FILE.get_or_init(|| {
+        std::env::temp_dir().join(format!("aegis-fuzz-{}.yaml", std::process::id()))
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
