@@ -20,7 +20,7 @@ pub struct Secret(String);
 
 impl Secret {
     /// What is shown instead of a secret.
-    pub const REDACTED: &'static str = "[redacted]";
+    pub const REDACTED: &'static str = "***";
 
     pub(crate) fn new(value: impl Into<String>) -> Secret {
         Secret(value.into())
@@ -44,8 +44,9 @@ impl Serialize for Secret {
     }
 }
 
-/// A string value that is redacted when shown if `${VAR}` produced it: command
-/// environment values and HTTP headers often carry tokens.
+/// A string value that is redacted when shown (`Debug`, `Serialize`) if it is a
+/// secret: every HTTP header value, and command arguments, environment values and
+/// request paths that `${VAR}` produced.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MaybeSecret {
     value: String,
@@ -60,6 +61,11 @@ impl MaybeSecret {
     /// The value itself.
     pub fn expose(&self) -> &str {
         &self.value
+    }
+
+    /// The same value, redacted when shown whatever produced it.
+    pub(crate) fn into_secret(self) -> MaybeSecret {
+        MaybeSecret { secret: true, ..self }
     }
 }
 
@@ -86,16 +92,22 @@ fn opt_seconds<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Er
     }
 }
 
-/// URLs are shown without any password they carry.
-fn redacted_url<S: Serializer>(url: &Url, s: S) -> Result<S::Ok, S::Error> {
+/// A URL as it may be shown: any password it carries as `***`
+/// (`https://u:***@host/`).
+pub fn shown_url(url: &Url) -> String {
     if url.password().is_some() {
         let mut shown = url.clone();
-        // Setting a password only fails for URLs that cannot have one, which these do.
+        // Setting a password only fails for URLs that cannot have one, which this does.
         let _ = shown.set_password(Some(Secret::REDACTED));
-        s.serialize_str(shown.as_str())
+        shown.into()
     } else {
-        s.serialize_str(url.as_str())
+        url.as_str().to_owned()
     }
+}
+
+/// URLs are shown without any password they carry.
+fn redacted_url<S: Serializer>(url: &Url, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&shown_url(url))
 }
 
 fn opt_redacted_url<S: Serializer>(url: &Option<Url>, s: S) -> Result<S::Ok, S::Error> {
@@ -748,12 +760,17 @@ impl StepKind {
 }
 
 /// `http` step fields.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct HttpStep {
     pub(crate) method: String,
-    pub(crate) path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) path: MaybeSecret,
+    #[serde(skip)]
     pub(crate) body: Option<serde_json::Value>,
+    /// The body as shown: strings that came from `${VAR}` as `***`.
+    #[serde(rename = "body", skip_serializing_if = "Option::is_none")]
+    pub(crate) shown_body: Option<serde_json::Value>,
+    /// Every value is a secret: headers carry credentials (`Authorization`)
+    /// whether written literally or through `${VAR}`.
     pub(crate) headers: IndexMap<String, MaybeSecret>,
     pub(crate) expect_status: Vec<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -768,7 +785,7 @@ impl HttpStep {
 
     /// Path joined onto the service URL, starting with `/`.
     pub fn path(&self) -> &str {
-        &self.path
+        self.path.expose()
     }
 
     /// JSON body. Strings of the form `{{ steps.ID.a.b }}` refer to earlier step data.
@@ -792,10 +809,28 @@ impl HttpStep {
     }
 }
 
+// Debug output shows what `config show` shows: it ends up in logs.
+impl fmt::Debug for HttpStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpStep")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("body", &self.shown_body)
+            .field("headers", &self.headers)
+            .field("expect_status", &self.expect_status)
+            .field("failures_from", &self.failures_from)
+            .finish()
+    }
+}
+
 /// `command` step fields.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct CommandStep {
+    #[serde(skip)]
     pub(crate) argv: Vec<String>,
+    /// `argv` as shown: arguments that came from `${VAR}` as `***`.
+    #[serde(rename = "argv")]
+    pub(crate) shown_argv: Vec<MaybeSecret>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cwd: Option<PathBuf>,
     pub(crate) env: IndexMap<String, MaybeSecret>,
@@ -822,6 +857,17 @@ impl CommandStep {
     /// JUnit XML report to parse after the command, relative to `cwd`.
     pub fn junit(&self) -> Option<&Path> {
         self.junit.as_deref()
+    }
+}
+
+impl fmt::Debug for CommandStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandStep")
+            .field("argv", &self.shown_argv)
+            .field("cwd", &self.cwd)
+            .field("env", &self.env)
+            .field("junit", &self.junit)
+            .finish()
     }
 }
 
@@ -872,11 +918,15 @@ impl GateStep {
 }
 
 /// A step of a type registered by an embedder.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct CustomStep {
     #[serde(rename = "type")]
     pub(crate) type_name: String,
+    #[serde(skip)]
     pub(crate) with: serde_json::Value,
+    /// `with` as shown: strings that came from `${VAR}` as `***`.
+    #[serde(rename = "with")]
+    pub(crate) shown_with: serde_json::Value,
 }
 
 impl CustomStep {
@@ -888,6 +938,15 @@ impl CustomStep {
     /// The step's `with:` options, `null` when absent.
     pub fn with(&self) -> &serde_json::Value {
         &self.with
+    }
+}
+
+impl fmt::Debug for CustomStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CustomStep")
+            .field("type_name", &self.type_name)
+            .field("with", &self.shown_with)
+            .finish()
     }
 }
 

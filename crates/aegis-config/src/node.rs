@@ -238,16 +238,39 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, ParseFailure> {
     match serde_saphyr::from_str_with_options::<Node>(text, options) {
         Ok(node) if matches!(node.kind, NodeKind::Null) => Ok(None),
         Ok(node) => Ok(Some(node)),
-        Err(err) => Err(describe_error(&err)),
+        Err(err) => Err(describe_error(text, &err)),
     }
 }
 
-fn describe_error(err: &serde_saphyr::Error) -> ParseFailure {
+/// The anchor name of the alias (`*name`) written at `loc`, if one is there.
+fn alias_name(text: &str, loc: Loc) -> Option<String> {
+    let line = text.lines().nth(usize::try_from(loc.line).ok()?.checked_sub(1)?)?;
+    let rest: String = line.chars().skip(usize::try_from(loc.col).ok()?.checked_sub(1)?).collect();
+    let name: String = rest
+        .strip_prefix('*')?
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | '[' | ']' | '{' | '}'))
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+fn describe_error(text: &str, err: &serde_saphyr::Error) -> ParseFailure {
     let message = err.without_snippet().to_string();
     // The library's message sometimes ends with its own " at line X column Y"; the
     // location is printed in front of every finding already.
     let message = strip_location_suffix(&message);
     let loc = err.location().map_or(Loc::START, |l| Loc::from_saphyr(&l));
+    if let serde_saphyr::Error::UnknownAnchor { .. } = err.without_snippet() {
+        // A missing anchor is a mistake at one alias, not an expansion limit: name it
+        // there (the library gives the place, and the name is what is written there).
+        let message = match alias_name(text, loc) {
+            Some(name) => format!(
+                "alias `*{name}` refers to an anchor `&{name}` that is not defined before it"
+            ),
+            None => "an alias refers to an anchor that is not defined before it".to_owned(),
+        };
+        return ParseFailure { loc, message };
+    }
     let lowered = message.to_lowercase();
     if lowered.contains("alias") || lowered.contains("budget") {
         // Expansion limits are a property of the whole document, not of one node.
@@ -297,6 +320,20 @@ mod tests {
         let NodeKind::Seq(items) = &inner[0].1.kind else { panic!("not a seq") };
         assert_eq!(items[1].kind, NodeKind::Str("two".into()));
         assert_eq!(items[1].loc, Loc { line: 2, col: 10 });
+    }
+
+    #[test]
+    fn an_alias_to_an_undefined_anchor_is_reported_at_the_alias() {
+        let failure =
+            parse("services:\n  qa:\n    url: http://x\n    features: *nosuch\n").unwrap_err();
+        assert_eq!(failure.loc, Loc { line: 4, col: 15 }, "{}", failure.message);
+        assert_eq!(
+            failure.message,
+            "alias `*nosuch` refers to an anchor `&nosuch` that is not defined before it"
+        );
+        let failure = parse("a: [1, *x]\nb: &x 2\n").unwrap_err();
+        assert_eq!(failure.loc, Loc { line: 1, col: 8 }, "{}", failure.message);
+        assert!(failure.message.contains("`&x`"), "{}", failure.message);
     }
 
     #[test]

@@ -191,7 +191,7 @@ pub(crate) struct RawStep {
     // http
     pub(crate) method: S<String>,
     pub(crate) path: S<String>,
-    pub(crate) body: S<serde_json::Value>,
+    pub(crate) body: S<TrackedJson>,
     pub(crate) headers: S<IndexMap<Spanned<String>, Spanned<String>>>,
     pub(crate) expect_status: S<serde_json::Value>,
     pub(crate) failures_from: S<String>,
@@ -206,7 +206,7 @@ pub(crate) struct RawStep {
     pub(crate) on_timeout: S<String>,
     pub(crate) retry_from: S<String>,
     // custom step types registered by embedders
-    pub(crate) with: S<serde_json::Value>,
+    pub(crate) with: S<TrackedJson>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,5 +257,139 @@ impl RawStep {
             ("retry_from", self.retry_from.as_ref().map(|s| s.loc)),
         ];
         locs.into_iter().filter_map(|(name, loc)| loc.map(|l| (name, l))).collect()
+    }
+}
+
+/// A JSON value from the file (an `http` body, a custom step's `with:`) that
+/// remembers which of its strings `${VAR}` produced, so it can be shown with each of
+/// them as `***` while the real value is used.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct TrackedJson {
+    /// The value as the step uses it.
+    pub(crate) value: serde_json::Value,
+    /// The value as it is shown: strings from `${VAR}` replaced.
+    pub(crate) shown: serde_json::Value,
+}
+
+/// One level of a [`TrackedJson`], before its strings are known to be secret or not.
+enum TrackedKind {
+    Scalar(serde_json::Value),
+    Seq(Vec<TrackedJson>),
+    Map(Vec<(String, TrackedJson)>),
+}
+
+impl<'de> Deserialize<'de> for TrackedJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // The tree is at most 64 levels deep (the parser's budget), so this recursion
+        // over it is bounded.
+        let spanned = Spanned::<TrackedKind>::deserialize(deserializer)?;
+        Ok(match spanned.value {
+            TrackedKind::Scalar(value @ serde_json::Value::String(_)) if spanned.interpolated => {
+                TrackedJson {
+                    value,
+                    shown: serde_json::Value::String(crate::Secret::REDACTED.to_owned()),
+                }
+            }
+            TrackedKind::Scalar(value) => TrackedJson { shown: value.clone(), value },
+            TrackedKind::Seq(items) => {
+                let (value, shown) = items.into_iter().map(|t| (t.value, t.shown)).unzip();
+                TrackedJson {
+                    value: serde_json::Value::Array(value),
+                    shown: serde_json::Value::Array(shown),
+                }
+            }
+            TrackedKind::Map(members) => {
+                let mut value = serde_json::Map::new();
+                let mut shown = serde_json::Map::new();
+                for (key, member) in members {
+                    value.insert(key.clone(), member.value);
+                    shown.insert(key, member.shown);
+                }
+                TrackedJson {
+                    value: serde_json::Value::Object(value),
+                    shown: serde_json::Value::Object(shown),
+                }
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TrackedKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KindVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for KindVisitor {
+            type Value = TrackedKind;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_bool<E>(self, v: bool) -> Result<TrackedKind, E> {
+                Ok(TrackedKind::Scalar(v.into()))
+            }
+
+            fn visit_i64<E>(self, v: i64) -> Result<TrackedKind, E> {
+                Ok(TrackedKind::Scalar(v.into()))
+            }
+
+            fn visit_u64<E>(self, v: u64) -> Result<TrackedKind, E> {
+                Ok(TrackedKind::Scalar(v.into()))
+            }
+
+            fn visit_f64<E>(self, v: f64) -> Result<TrackedKind, E> {
+                Ok(TrackedKind::Scalar(
+                    serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into),
+                ))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<TrackedKind, E> {
+                Ok(TrackedKind::Scalar(v.into()))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<TrackedKind, E> {
+                Ok(TrackedKind::Scalar(v.into()))
+            }
+
+            fn visit_unit<E>(self) -> Result<TrackedKind, E> {
+                Ok(TrackedKind::Scalar(serde_json::Value::Null))
+            }
+
+            fn visit_none<E>(self) -> Result<TrackedKind, E> {
+                Ok(TrackedKind::Scalar(serde_json::Value::Null))
+            }
+
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<TrackedKind, D::Error> {
+                TrackedKind::deserialize(d)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<TrackedKind, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<TrackedJson>()? {
+                    items.push(item);
+                }
+                Ok(TrackedKind::Seq(items))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TrackedKind, A::Error> {
+                let mut members = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value::<TrackedJson>()?;
+                    members.push((key, value));
+                }
+                Ok(TrackedKind::Map(members))
+            }
+        }
+
+        deserializer.deserialize_any(KindVisitor)
     }
 }

@@ -752,7 +752,11 @@ impl Validator<'_> {
             "gate" => StepKind::Gate(self.gate_step(path, &raw, earlier)),
             _ => StepKind::Custom(CustomStep {
                 type_name: type_name.clone(),
-                with: raw.with.as_ref().map_or(serde_json::Value::Null, |w| w.value.clone()),
+                with: raw.with.as_ref().map_or(serde_json::Value::Null, |w| w.value.value.clone()),
+                shown_with: raw
+                    .with
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, |w| w.value.shown.clone()),
             }),
         };
         Some(Step {
@@ -806,9 +810,11 @@ impl Validator<'_> {
             }
             Some(p) => p.value.clone(),
         };
+        let request_path =
+            MaybeSecret::new(request_path, raw.path.as_ref().is_some_and(|p| p.interpolated));
         if let Some(body) = &raw.body {
             let mut refs = Vec::new();
-            collect_step_refs(&body.value, &mut refs);
+            collect_step_refs(&body.value.value, &mut refs);
             for step_ref in refs {
                 if !earlier.contains(&step_ref) {
                     self.error(
@@ -848,8 +854,13 @@ impl Validator<'_> {
         HttpStep {
             method,
             path: request_path,
-            body: raw.body.as_ref().map(|b| b.value.clone()),
-            headers: self.string_map(raw.headers.as_ref(), &format!("{path}.headers"), false),
+            body: raw.body.as_ref().map(|b| b.value.value.clone()),
+            shown_body: raw.body.as_ref().map(|b| b.value.shown.clone()),
+            headers: self
+                .string_map(raw.headers.as_ref(), &format!("{path}.headers"), false)
+                .into_iter()
+                .map(|(name, value)| (name, value.into_secret()))
+                .collect(),
             expect_status,
             failures_from: raw.failures_from.as_ref().map(|p| p.value.clone()),
         }
@@ -882,8 +893,16 @@ impl Validator<'_> {
             }
             Some(_) => {}
         }
+        let shown_argv = raw
+            .argv
+            .as_ref()
+            .map(|a| {
+                a.value.iter().map(|s| MaybeSecret::new(s.value.clone(), s.interpolated)).collect()
+            })
+            .unwrap_or_default();
         CommandStep {
             argv,
+            shown_argv,
             cwd: raw.cwd.as_ref().map(|c| self.resolve(&c.value)),
             env: self.string_map(raw.env.as_ref(), &format!("{path}.env"), true),
             junit: raw.junit.as_ref().map(|j| PathBuf::from(&j.value)),

@@ -96,6 +96,19 @@ pub enum Error {
     /// An event or artifact could not be encoded as JSON.
     #[error("cannot encode json")]
     Json(#[from] serde_json::Error),
+    /// A service answered a call with a redirect to another scheme, host or port,
+    /// which is not followed so the service's key is not sent on.
+    #[error("redirected to {to} (another origin); not followed")]
+    CrossOriginRedirect {
+        /// Where the redirect pointed (a password in it shown as `***`).
+        to: String,
+    },
+    /// A service redirected a call more times than are followed.
+    #[error("more than {limit} redirects; not followed")]
+    TooManyRedirects {
+        /// How many are followed.
+        limit: usize,
+    },
     /// The shared HTTP client could not be built.
     #[error("cannot build the http client")]
     HttpClient(#[source] reqwest::Error),

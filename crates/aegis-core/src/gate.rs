@@ -483,15 +483,10 @@ fn apply_patch(
             "gate {gate_id} names no artifact, so there is nothing to patch"
         )));
     };
-    let operations: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|err| {
-        Error::InvalidPatch(format!("the patch is not an RFC 6902 JSON Patch array: {err}"))
-    })?;
-    let mut after = before.cloned().unwrap_or(Value::Null);
-    json_patch::patch(&mut after, &operations).map_err(|err| {
-        Error::InvalidPatch(format!(
-            "the patch does not apply to the data of step {artifact}: {err}"
-        ))
-    })?;
+    let after =
+        crate::patch::apply_patch(patch, before.unwrap_or(&Value::Null)).map_err(|refusal| {
+            Error::InvalidPatch(format!("the patch to the data of step {artifact}: {refusal}"))
+        })?;
     Ok(Some(after))
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use aegis_config::{Config, Service};
 use serde::Serialize;
 
-use crate::http::{api_key, describe_error, describe_timeout, service_url};
+use crate::http::{api_key, describe_error, describe_timeout, service_url, shown_service_url};
 use crate::run::millis;
 
 /// How long a health check waits for an answer.
@@ -44,7 +44,7 @@ pub struct ServiceHealth {
     pub key: String,
     /// Its display name.
     pub name: String,
-    /// The URL checked.
+    /// The URL checked (a password in it as `***`).
     pub url: String,
     /// What the check found.
     pub status: HealthStatus,
@@ -91,7 +91,7 @@ pub async fn check_service(
     ServiceHealth {
         key: service.key().to_owned(),
         name: service.name().to_owned(),
-        url,
+        url: shown_service_url(service, service.health_endpoint()),
         status,
         http_status,
         latency_ms,

@@ -8,26 +8,67 @@ use aegis_config::Service;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_JSON_DEPTH, MAX_RESPONSE_BYTES, text_depth};
 use crate::step::{StepContext, StepError};
 
 /// How much of a response body an error message quotes.
 const SNIPPET_CHARS: usize = 200;
 
+/// How many same-origin redirects one call follows.
+const MAX_REDIRECTS: usize = 10;
+
 /// Builds the client the engine shares between all steps and health checks:
-/// rustls, connection pooling, no proxy lookups from the environment.
+/// rustls, connection pooling, no proxy lookups from the environment, and
+/// redirects followed only within the origin the call was sent to.
 pub fn build_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("aegis/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
         .no_proxy()
+        .redirect(redirect_policy())
+        // A redirect target learns nothing about where the call came from.
+        .referer(false)
         .build()
         .map_err(Error::HttpClient)
 }
 
+/// Calls carry the service's `X-API-Key` (and a step's `headers`), which reqwest
+/// would send on to wherever a redirect points. So a redirect is followed only to
+/// the same scheme, host and port as the call; any other is refused with an error
+/// naming where it pointed (see [`describe_error`]).
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else { return attempt.follow() };
+        if origin(first) != origin(attempt.url()) {
+            let to = aegis_config::shown_url(attempt.url());
+            return attempt.error(Error::CrossOriginRedirect { to });
+        }
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(Error::TooManyRedirects { limit: MAX_REDIRECTS });
+        }
+        attempt.follow()
+    })
+}
+
+/// A URL's origin: scheme, host and port (the scheme's default when not given).
+fn origin(url: &reqwest::Url) -> (&str, Option<&str>, Option<u16>) {
+    (url.scheme(), url.host_str(), url.port_or_known_default())
+}
+
 /// The URL of `path` on a service.
 pub(crate) fn service_url(service: &Service, path: &str) -> String {
-    let base = service.url().as_str().trim_end_matches('/');
+    join(service.url().as_str(), path)
+}
+
+/// The URL of `path` on a service as it may be shown: a password in the service's
+/// URL as `***`.
+pub(crate) fn shown_service_url(service: &Service, path: &str) -> String {
+    join(&aegis_config::shown_url(service.url()), path)
+}
+
+fn join(base: &str, path: &str) -> String {
+    let base = base.trim_end_matches('/');
     if path.starts_with('/') { format!("{base}{path}") } else { format!("{base}/{path}") }
 }
 
@@ -41,6 +82,12 @@ pub(crate) fn api_key(service: &Service) -> Option<String> {
 pub(crate) fn describe_error(err: &reqwest::Error) -> String {
     let mut source = err.source();
     while let Some(cause) = source {
+        if let Some(
+            refused @ (Error::CrossOriginRedirect { .. } | Error::TooManyRedirects { .. }),
+        ) = cause.downcast_ref::<Error>()
+        {
+            return refused.to_string();
+        }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
@@ -57,6 +104,12 @@ pub(crate) fn describe_error(err: &reqwest::Error) -> String {
         text.push_str(": ");
         text.push_str(&cause.to_string());
         source = cause.source();
+    }
+    // reqwest names the URL it was sending to, with any password in it.
+    if let Some(url) = err.url()
+        && url.password().is_some()
+    {
+        text = text.replace(url.as_str(), &aegis_config::shown_url(url));
     }
     if err.is_connect() { format!("connection failed: {text}") } else { text }
 }
@@ -105,8 +158,8 @@ pub(crate) async fn call(ctx: &StepContext, call: Call<'_>) -> Result<Value, Ste
     }
     let response = request.send().await.map_err(|err| StepError::new(describe_error(&err)))?;
     let status = response.status();
-    let bytes = response.bytes().await.map_err(|err| StepError::new(describe_error(&err)))?;
-    let body = parse_body(&bytes);
+    let bytes = read_body(response).await?;
+    let body = parse_body(&bytes)?;
     let accepted = if call.expect_status.is_empty() {
         status.is_success()
     } else {
@@ -124,12 +177,42 @@ pub(crate) async fn call(ctx: &StepContext, call: Call<'_>) -> Result<Value, Ste
     Ok(body)
 }
 
-fn parse_body(bytes: &[u8]) -> Value {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Value::Null;
+/// Why a response body is not read.
+const TOO_LARGE: &str = "response body larger than 16 MiB";
+
+/// Reads a response body chunk by chunk, failing as soon as it passes
+/// [`MAX_RESPONSE_BYTES`], so a service cannot make the server hold more than
+/// that for one call (a declared length over the limit fails before any read).
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, StepError> {
+    if response.content_length().is_some_and(|len| len > MAX_RESPONSE_BYTES as u64) {
+        return Err(StepError::new(TOO_LARGE));
     }
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    let mut bytes = Vec::new();
+    while let Some(chunk) =
+        response.chunk().await.map_err(|err| StepError::new(describe_error(&err)))?
+    {
+        if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(StepError::new(TOO_LARGE));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// The body as JSON, a string when it is not JSON, `null` when empty. JSON nested
+/// deeper than [`MAX_JSON_DEPTH`] fails the step: it could not be stored and read
+/// back, and is refused before it is parsed.
+fn parse_body(bytes: &[u8]) -> Result<Value, StepError> {
+    let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
+        return Ok(Value::Null);
+    };
+    if matches!(first, b'[' | b'{') && text_depth(bytes, MAX_JSON_DEPTH) > MAX_JSON_DEPTH {
+        return Err(StepError::new(format!(
+            "response body nested deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
+    Ok(serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())))
 }
 
 #[cfg(test)]
@@ -145,8 +228,15 @@ mod tests {
 
     #[test]
     fn bodies_parse_as_json_text_or_null() {
-        assert_eq!(parse_body(b" "), Value::Null);
-        assert_eq!(parse_body(b"{\"a\":1}"), serde_json::json!({"a": 1}));
-        assert_eq!(parse_body(b"oops"), Value::String("oops".into()));
+        assert_eq!(parse_body(b" "), Ok(Value::Null));
+        assert_eq!(parse_body(b"{\"a\":1}"), Ok(serde_json::json!({"a": 1})));
+        assert_eq!(parse_body(b"oops"), Ok(Value::String("oops".into())));
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert_eq!(
+            parse_body(deep.as_bytes()).unwrap_err().message(),
+            "response body nested deeper than 64 levels"
+        );
+        let text = format!("text {}", "[".repeat(65));
+        assert_eq!(parse_body(text.as_bytes()), Ok(Value::String(text)));
     }
 }

@@ -117,12 +117,26 @@ mod health;
 mod http;
 mod ledger;
 mod lifecycle;
+pub mod limits;
+mod patch;
 mod retention;
 mod run;
 mod step;
 mod steps;
 #[cfg(feature = "test-support")]
 pub mod testing;
+
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): internal
+/// parsers that have no public API of their own. Not part of the stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a JUnit XML report as a `command` step with `junit:` does, into the
+    /// step data it would record.
+    pub fn parse_junit(xml: &str) -> Result<serde_json::Value, String> {
+        crate::steps::junit::parse(xml).map(|report| report.to_data(Some(0)))
+    }
+}
 
 pub use artifact::{Artifact, ArtifactBody, is_artifact_name};
 pub use bus::{EventBus, Received, Subscription};
@@ -137,5 +151,6 @@ pub use event::{
 pub use gate::{GateOutcome, GateRequest, TIMEOUT_DECIDER};
 pub use health::{HEALTH_TIMEOUT, HealthStatus, ServiceHealth, check_service, check_services};
 pub use http::build_client;
+pub use patch::{MAX_PATCH_DEPTH, PatchRefusal, apply_patch};
 pub use run::{MAX_RETRY_DELAY, RunSummary, retry_delay};
 pub use step::{AttemptOutcome, Step, StepContext, StepError, StepOutcome, StepRegistry};

@@ -571,7 +571,7 @@ impl RunExec {
                             cancelled = true;
                             Err(StepError::new("cancelled"))
                         }
-                        outcome = call => outcome,
+                        outcome = call => crate::limits::storable_outcome(outcome),
                     }
                 }
             };

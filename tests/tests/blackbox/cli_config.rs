@@ -135,11 +135,11 @@ fn show_prints_the_effective_config_with_secrets_redacted() {
     let shown: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(shown["server"]["port"], 8000);
     assert_eq!(shown["auth"]["keys"][0]["id"], "api_key");
-    assert_eq!(shown["auth"]["keys"][0]["key"], "[redacted]");
+    assert_eq!(shown["auth"]["keys"][0]["key"], "***");
     assert_eq!(shown["auth"]["keys"][1]["role"], "operator");
-    assert_eq!(shown["webhooks"][0]["secret"], "[redacted]");
+    assert_eq!(shown["webhooks"][0]["secret"], "***");
     assert_eq!(shown["webhooks"][0]["events"], serde_json::json!(["workflow.completed"]));
-    assert_eq!(shown["workflows"]["w"]["steps"][0]["env"]["TOKEN"], "[redacted]");
+    assert_eq!(shown["workflows"]["w"]["steps"][0]["env"]["TOKEN"], "***");
     assert_eq!(shown["workflows"]["w"]["steps"][0]["env"]["MODE"], "fast");
     assert_eq!(shown["workflows"]["w"]["steps"][0]["timeout"], 30.0);
 

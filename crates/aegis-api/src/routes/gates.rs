@@ -219,6 +219,14 @@ fn parse_body(body: &[u8]) -> Result<DecisionBody> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DecisionBody::default());
     }
+    // Counted before parsing, without recursion: a deeply nested body is refused
+    // here rather than becoming a value every later step would have to survive.
+    let limit = aegis_core::limits::MAX_JSON_DEPTH;
+    if aegis_core::limits::text_depth(body, limit) > limit {
+        return Err(ApiError::BadRequest(format!(
+            "the request body nests JSON deeper than {limit} levels"
+        )));
+    }
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|err| ApiError::BadRequest(format!("malformed JSON: {err}")))?;
     if !value.is_object() {

@@ -19,7 +19,7 @@ pub(crate) struct ServiceView {
     name: String,
     /// Free text.
     description: Option<String>,
-    /// Base URL.
+    /// Base URL (a password in it as `***`).
     url: String,
     /// Path probed.
     health_endpoint: String,
@@ -39,7 +39,7 @@ fn view(state: &AppState, health: ServiceHealth) -> ServiceView {
     let service = state.config().services().get(&health.key);
     ServiceView {
         description: service.and_then(|s| s.description()).map(str::to_owned),
-        url: service.map_or_else(String::new, |s| s.url().to_string()),
+        url: service.map_or_else(String::new, |s| aegis_config::shown_url(s.url())),
         health_endpoint: service.map_or_else(String::new, |s| s.health_endpoint().to_owned()),
         features: service.map(|s| s.features().to_vec()).unwrap_or_default(),
         key: health.key,

@@ -116,7 +116,7 @@ fn interpolated_values_are_typed_and_secrets_redacted() {
     let shown = serde_json::to_string(&config.to_redacted_json()).unwrap();
     assert!(!shown.contains("test-admin-key"), "{shown}");
     assert!(!shown.contains("test-ci-key"), "{shown}");
-    assert!(shown.contains("\"TOKEN\":\"[redacted]\""), "{shown}");
+    assert!(shown.contains("\"TOKEN\":\"***\""), "{shown}");
     assert!(shown.contains("\"PLAIN\":\"visible\""), "{shown}");
     assert!(!format!("{config:?}").contains("test-admin-key"));
 }
@@ -142,4 +142,62 @@ fn custom_step_types_are_accepted_when_registered() {
         panic!("not custom")
     };
     assert_eq!(custom.with()["url"], "/");
+}
+
+#[test]
+fn values_from_variables_anywhere_in_a_step_and_every_header_are_shown_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".aegis.yaml");
+    std::fs::write(
+        &path,
+        "\
+services:
+  qa: {url: \"https://user:pw-in-url@qa.example\"}
+workflows:
+  w:
+    steps:
+      - type: http
+        service: qa
+        path: /api/${TOKEN}/x
+        headers: {Authorization: Bearer literal-header-token, X-Token: \"${TOKEN}\"}
+        body: {user: me, token: \"${TOKEN}\", nested: [\"pre-${TOKEN}\", 3]}
+      - {type: command, argv: [deploy, --token, \"${TOKEN}\", --verbose]}
+      - {type: lighthouse, with: {key: \"${TOKEN}\", url: /}}
+",
+    )
+    .unwrap();
+    let config = LoadOptions::new()
+        .env(|name| (name == "TOKEN").then(|| "var-secret-0123".to_owned()))
+        .step_types(["lighthouse"])
+        .path(Some(path))
+        .load()
+        .unwrap();
+    // The steps use the real values.
+    let steps = config.workflows()["w"].steps();
+    let StepKind::Http(http) = steps[0].kind() else { panic!("not http") };
+    assert_eq!(http.path(), "/api/var-secret-0123/x");
+    assert_eq!(http.body().unwrap()["nested"][0], "pre-var-secret-0123");
+    assert_eq!(http.headers()["Authorization"].expose(), "Bearer literal-header-token");
+    let StepKind::Command(command) = steps[1].kind() else { panic!("not a command") };
+    assert_eq!(command.argv(), ["deploy", "--token", "var-secret-0123", "--verbose"]);
+
+    // What is shown has none of them.
+    let shown = config.to_redacted_json();
+    let text = shown.to_string();
+    for secret in ["var-secret-0123", "literal-header-token", "pw-in-url"] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    for secret in ["var-secret-0123", "literal-header-token"] {
+        assert!(!format!("{:?}", config.workflows()).contains(secret), "{secret} in Debug");
+    }
+    assert_eq!(shown["services"]["qa"]["url"], "https://user:***@qa.example/");
+    let steps = &shown["workflows"]["w"]["steps"];
+    assert_eq!(steps[0]["path"], "***");
+    assert_eq!(steps[0]["headers"]["Authorization"], "***");
+    assert_eq!(
+        steps[0]["body"],
+        serde_json::json!({"user": "me", "token": "***", "nested": ["***", 3]})
+    );
+    assert_eq!(steps[1]["argv"], serde_json::json!(["deploy", "--token", "***", "--verbose"]));
+    assert_eq!(steps[2]["with"], serde_json::json!({"key": "***", "url": "/"}));
 }

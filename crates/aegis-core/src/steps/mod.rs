@@ -2,7 +2,7 @@
 
 mod command;
 mod http;
-mod junit;
+pub(crate) mod junit;
 mod report;
 mod service;
 mod template;
