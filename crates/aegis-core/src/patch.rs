@@ -122,8 +122,12 @@ pub fn apply_patch(patch: &Value, artifact: &Value) -> Result<Value, PatchRefusa
     // so the bound never refuses a patch whose result would fit.
     let mut size = json_len(&doc);
     for (index, operation) in operations.iter().enumerate() {
-        let change = measure(&doc, operation)
-            .map_err(|message| PatchRefusal::DoesNotApply { operation: index, message })?;
+        // The reviewer sees which operation and path did not apply.
+        let at = |message: &dyn std::fmt::Display| PatchRefusal::DoesNotApply {
+            operation: index,
+            message: format!("{} {}: {message}", op_name(operation), op_path(operation)),
+        };
+        let change = measure(&doc, operation).map_err(|message| at(&message))?;
         if let Some(inserted_depth) = change.inserted_depth
             && inserted_depth > MAX_JSON_DEPTH
         {
@@ -137,9 +141,8 @@ pub fn apply_patch(patch: &Value, artifact: &Value) -> Result<Value, PatchRefusa
                 return Err(PatchRefusal::TooLarge { operation: Some(index) });
             }
         }
-        json_patch::patch_unsafe(&mut doc, std::slice::from_ref(operation)).map_err(|err| {
-            PatchRefusal::DoesNotApply { operation: index, message: err.kind.to_string() }
-        })?;
+        json_patch::patch_unsafe(&mut doc, std::slice::from_ref(operation))
+            .map_err(|err| at(&err.kind))?;
         size = size.saturating_add(change.added).saturating_sub(change.removed);
     }
     // The artifact as given may have been deeper or larger than a patch may leave it
@@ -165,6 +168,29 @@ struct Change {
     inserted_depth: Option<usize>,
 }
 
+/// The operation's name, as written in the patch.
+fn op_name(operation: &PatchOperation) -> &'static str {
+    match operation {
+        PatchOperation::Add(_) => "add",
+        PatchOperation::Remove(_) => "remove",
+        PatchOperation::Replace(_) => "replace",
+        PatchOperation::Move(_) => "move",
+        PatchOperation::Copy(_) => "copy",
+        PatchOperation::Test(_) => "test",
+    }
+}
+
+/// The operation's target path.
+fn op_path(operation: &PatchOperation) -> &str {
+    match operation {
+        PatchOperation::Add(op) => op.path.as_str(),
+        PatchOperation::Remove(op) => op.path.as_str(),
+        PatchOperation::Replace(op) => op.path.as_str(),
+        PatchOperation::Move(op) => op.path.as_str(),
+        PatchOperation::Copy(op) => op.path.as_str(),
+        PatchOperation::Test(op) => op.path.as_str(),
+    }
+}
 fn measure(doc: &Value, operation: &PatchOperation) -> Result<Change, String> {
     match operation {
         PatchOperation::Add(op) => Ok(insertion(doc, op.path.as_str(), &op.value, true)),
@@ -249,7 +275,10 @@ mod tests {
         let refusal = apply_patch(&json!([{"op": "remove", "path": "/nope"}]), &artifact);
         assert_eq!(
             refusal,
-            Err(PatchRefusal::DoesNotApply { operation: 0, message: "path is invalid".into() })
+            Err(PatchRefusal::DoesNotApply {
+                operation: 0,
+                message: "remove /nope: path is invalid".into()
+            })
         );
         let refusal = apply_patch(&json!([{"op": "test", "path": "/a", "value": 2}]), &artifact);
         assert!(matches!(refusal, Err(PatchRefusal::DoesNotApply { operation: 0, .. })));
