@@ -239,7 +239,9 @@ impl Ledger {
                 None => cells.values().map(|c| Arc::clone(&c.log)).collect(),
             }
         };
-        // Queued logs first: a forgotten run's lines may be there only.
+        // Queued logs first: a forgotten run's lines may be there only. With
+        // the writer's batch lock held, none is half-way through the thread.
+        let _writing = lock(&self.writer.shared.writing);
         for log in self.writer.take(run_id.map(RunId::as_str)) {
             log.sync();
         }
@@ -418,6 +420,10 @@ struct Writer {
 struct Queue {
     logs: Mutex<QueueState>,
     woken: Condvar,
+    /// Held by the thread while it writes a batch it took from the queue, so
+    /// that a reader holding it knows every log is either still queued or
+    /// written out.
+    writing: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -445,6 +451,7 @@ impl Writer {
                     // Let bursts grow before writing: handing a log to a thread
                     // that sleeps costs a run nanoseconds, not a wake-up.
                     std::thread::sleep(GATHER);
+                    let _writing = lock(&queue.writing);
                     let logs = std::mem::take(&mut lock(&queue.logs).logs);
                     for log in logs {
                         log.sync();
