@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use aegis_config::Config;
 use aegis_history::{
-    CloseSteps, GateDecision, GateDecisionKind, HistoryBackend, NewRun, RunDetail, RunId,
-    RunRecord, RunStatus, RunUpdate, StepStatus, Trigger, Write,
+    GateDecision, GateDecisionKind, HistoryBackend, NewRun, RunDetail, RunId, RunRecord, RunStatus,
+    StepStatus, Trigger, Write,
 };
 use indexmap::IndexMap;
 use tokio::runtime::Handle;
@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{EventBus, Subscription};
 use crate::error::{Error, Result};
-use crate::event::{Event, EventData, RunCancelled, RunInterrupted, RunQueued, WorkflowCompleted};
+use crate::event::{Event, EventData, RunCancelled, RunInterrupted, RunQueued};
 use crate::health::{ServiceHealth, check_services};
 use crate::ledger::{Ledger, RunRef};
-use crate::lifecycle::Command;
+use crate::lifecycle::{Command, End};
 use crate::run::{RunExec, RunSummary, counts, millis};
 use crate::step::{Step, StepRegistry};
 
@@ -460,21 +460,7 @@ impl Engine {
             }
             let now = jiff::Timestamp::now();
             let reason = "cancelled".to_owned();
-            let duration_ms = detail.run.started_at.map_or(0, |s| elapsed_ms(s, now));
-            let update = RunUpdate {
-                status: RunStatus::Cancelled,
-                started_at: None,
-                completed_at: Some(now),
-                duration_ms: Some(duration_ms),
-                error: Some(reason.clone()),
-            };
-            let mut writes = vec![
-                Command::Cancel.write(run_id, update),
-                Write::CloseSteps(
-                    run_id.clone(),
-                    CloseSteps { status: StepStatus::Failed, error: reason.clone(), at: now },
-                ),
-            ];
+            let mut decisions = Vec::new();
             let mut step_id = detail
                 .steps
                 .iter()
@@ -483,7 +469,7 @@ impl Engine {
                 .next();
             for pending in &detail.pending_gates {
                 step_id = Some(pending.gate_id.clone());
-                writes.push(Write::DecideGate(
+                decisions.push(Write::DecideGate(
                     run_id.clone(),
                     GateDecision {
                         gate_id: pending.gate_id.clone(),
@@ -503,16 +489,17 @@ impl Engine {
                 .workflows()
                 .get(&detail.run.workflow)
                 .map_or(0, |w| w.steps().len());
-            let events = vec![
-                EventData::RunCancelled(RunCancelled { step_id }),
-                EventData::WorkflowCompleted(WorkflowCompleted {
-                    status: RunStatus::Cancelled.as_str().to_owned(),
-                    success: false,
-                    duration_ms,
-                    summary: counts(total, &crate::gate::rebuild(&detail.steps, usize::MAX)),
-                    error: Some(reason),
-                }),
-            ];
+            let (mut writes, events) = End {
+                command: Command::Cancel,
+                at: now,
+                duration_ms: detail.run.started_at.map_or(0, |s| elapsed_ms(s, now)),
+                error: Some(reason.clone()),
+                cause: Some(EventData::RunCancelled(RunCancelled { step_id })),
+                close_running: Some(reason),
+                summary: counts(total, &crate::gate::rebuild(&detail.steps, usize::MAX)),
+            }
+            .change(run_id);
+            writes.extend(decisions);
             let reference = run_ref(&detail.run).with_request(request_id.clone());
             match self.inner.ledger.commit(&reference, writes, events).await {
                 Ok(_) => {
@@ -688,28 +675,17 @@ impl Engine {
     async fn fail_unreadable(&self, run: &RunRecord, err: &Error) {
         let reason = format!("cannot recover the run: {err}");
         log::error!("run_id={}: {reason}", run.id);
-        let update = RunUpdate {
-            status: RunStatus::Failed,
-            started_at: None,
-            completed_at: Some(jiff::Timestamp::now()),
-            duration_ms: None,
-            error: Some(reason.clone()),
-        };
-        let write = Write::Transition(
-            run.id.clone(),
-            aegis_history::Transition {
-                from: vec![RunStatus::Queued, RunStatus::Running, RunStatus::Waiting],
-                update,
-            },
-        );
-        let events = vec![EventData::WorkflowCompleted(WorkflowCompleted {
-            status: RunStatus::Failed.as_str().to_owned(),
-            success: false,
+        let (writes, events) = End {
+            command: Command::Abandon,
+            at: jiff::Timestamp::now(),
             duration_ms: 0,
+            error: Some(reason.clone()),
+            cause: None,
+            close_running: Some(reason),
             summary: counts(0, &IndexMap::new()),
-            error: Some(reason),
-        })];
-        if let Err(err) = self.inner.ledger.commit(&run_ref(run), vec![write], events).await {
+        }
+        .change(&run.id);
+        if let Err(err) = self.inner.ledger.commit(&run_ref(run), writes, events).await {
             log::error!("run_id={}: cannot mark it failed: {err}", run.id);
         }
         self.inner.ledger.forget(&run.id);
@@ -725,38 +701,17 @@ impl Engine {
         });
         let summary = detail.as_ref().map(|d| crate::gate::rebuild(&d.steps, usize::MAX));
         let reason = "the process stopped while the run was running".to_owned();
-        let duration_ms = run.started_at.map(|s| elapsed_ms(s, now));
-        let writes = vec![
-            Command::Interrupt.write(
-                &run.id,
-                RunUpdate {
-                    status: RunStatus::Interrupted,
-                    started_at: None,
-                    completed_at: Some(now),
-                    duration_ms,
-                    error: Some(reason.clone()),
-                },
-            ),
-            Write::CloseSteps(
-                run.id.clone(),
-                CloseSteps {
-                    status: StepStatus::Failed,
-                    error: "interrupted: the process stopped during this step".to_owned(),
-                    at: now,
-                },
-            ),
-        ];
         let total = self.inner.config.workflows().get(&run.workflow).map_or(0, |w| w.steps().len());
-        let events = vec![
-            EventData::RunInterrupted(RunInterrupted { step_id, reason: reason.clone() }),
-            EventData::WorkflowCompleted(WorkflowCompleted {
-                status: RunStatus::Interrupted.as_str().to_owned(),
-                success: false,
-                duration_ms: duration_ms.unwrap_or(0),
-                summary: counts(total, &summary.unwrap_or_default()),
-                error: Some(reason),
-            }),
-        ];
+        let (writes, events) = End {
+            command: Command::Interrupt,
+            at: now,
+            duration_ms: run.started_at.map_or(0, |s| elapsed_ms(s, now)),
+            error: Some(reason.clone()),
+            cause: Some(EventData::RunInterrupted(RunInterrupted { step_id, reason })),
+            close_running: Some("interrupted: the process stopped during this step".to_owned()),
+            summary: counts(total, &summary.unwrap_or_default()),
+        }
+        .change(&run.id);
         match self.inner.ledger.commit(&run_ref(run), writes, events).await {
             Ok(_) | Err(aegis_history::Error::StatusConflict { .. }) => {}
             Err(err) => return Err(err.into()),
@@ -768,28 +723,20 @@ impl Engine {
 
     /// Ends a queued run that can never start (its workflow is gone).
     async fn end_unstarted(&self, run: &RunRef, reason: &str) -> Result<()> {
-        let update = RunUpdate {
-            status: RunStatus::Interrupted,
-            started_at: None,
-            completed_at: Some(jiff::Timestamp::now()),
-            duration_ms: Some(0),
+        let (writes, events) = End {
+            command: Command::Interrupt,
+            at: jiff::Timestamp::now(),
+            duration_ms: 0,
             error: Some(reason.to_owned()),
-        };
-        let events = vec![
-            EventData::RunInterrupted(RunInterrupted { step_id: None, reason: reason.to_owned() }),
-            EventData::WorkflowCompleted(WorkflowCompleted {
-                status: RunStatus::Interrupted.as_str().to_owned(),
-                success: false,
-                duration_ms: 0,
-                summary: counts(0, &IndexMap::new()),
-                error: Some(reason.to_owned()),
-            }),
-        ];
-        let write = Write::Transition(
-            run.id.clone(),
-            aegis_history::Transition { from: vec![RunStatus::Queued], update },
-        );
-        match self.inner.ledger.commit(run, vec![write], events).await {
+            cause: Some(EventData::RunInterrupted(RunInterrupted {
+                step_id: None,
+                reason: reason.to_owned(),
+            })),
+            close_running: None,
+            summary: counts(0, &IndexMap::new()),
+        }
+        .change(&run.id);
+        match self.inner.ledger.commit(run, writes, events).await {
             Ok(_) | Err(aegis_history::Error::StatusConflict { .. }) => {}
             Err(err) => return Err(err.into()),
         }
@@ -973,6 +920,7 @@ async fn drive(
         execution: resume.as_ref().map_or(0, |r| r.execution),
         resumed: resume.as_ref().and_then(|r| r.started_at),
         outcomes: IndexMap::new(),
+        carry: Default::default(),
     };
     let (start, exec) = match resume {
         Some(resume) => (resume.start, RunExec { outcomes: resume.outcomes, ..exec }),

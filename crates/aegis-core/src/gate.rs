@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use aegis_config::{GateStep, OnTimeout, StepKind, Workflow};
 use aegis_history::{
-    GateDecision, GateDecisionKind, RunDetail, RunId, RunStatus, RunUpdate, StepRecord, StepStatus,
-    Write,
+    GateDecision, GateDecisionKind, RunDetail, RunId, RunStatus, StepRecord, StepStatus, Write,
 };
 use indexmap::IndexMap;
 use jiff::Timestamp;
@@ -20,8 +19,8 @@ use serde_json::{Value, json};
 
 use crate::engine::{Engine, Inner, Resume, RunHandle, elapsed_ms, run_ref};
 use crate::error::{Error, Result};
-use crate::event::{EventData, GateDecided, GateExpired, WorkflowCompleted};
-use crate::lifecycle::Command;
+use crate::event::{EventData, GateDecided, GateExpired};
+use crate::lifecycle::{Command, End};
 use crate::run::counts;
 use crate::step::{AttemptOutcome, StepOutcome};
 
@@ -374,23 +373,18 @@ impl Engine {
             writes.push(Command::Resume.status_write(&run_id));
             RunStatus::Running
         } else {
-            let duration_ms = detail.run.started_at.map_or(0, |s| elapsed_ms(s, now));
-            let error = format!("gate {gate_id} rejected by {}", decision.by);
-            let update = RunUpdate {
-                status: RunStatus::Rejected,
-                started_at: None,
-                completed_at: Some(now),
-                duration_ms: Some(duration_ms),
-                error: Some(error.clone()),
-            };
-            writes.push(Command::Reject.write(&run_id, update));
-            events.push(EventData::WorkflowCompleted(WorkflowCompleted {
-                status: RunStatus::Rejected.as_str().to_owned(),
-                success: false,
-                duration_ms,
+            let (end, announced) = End {
+                command: Command::Reject,
+                at: now,
+                duration_ms: detail.run.started_at.map_or(0, |s| elapsed_ms(s, now)),
+                error: Some(format!("gate {gate_id} rejected by {}", decision.by)),
+                cause: None,
+                close_running: None,
                 summary: counts(workflow.steps().len(), &rebuild(&steps, index + 1)),
-                error: Some(error),
-            }));
+            }
+            .change(&run_id);
+            writes.extend(end);
+            events.extend(announced);
             RunStatus::Rejected
         };
         match inner.ledger.commit(&reference, writes, events).await {

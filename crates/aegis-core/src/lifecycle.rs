@@ -10,9 +10,17 @@
 //!    │                 │ └─Finish──▶ succeeded | failed
 //!    │                 └──Interrupt──▶ interrupted      waiting ──Reject──▶ rejected
 //!    └─Cancel (from queued, running or waiting)──▶ cancelled
+//!    └─Abandon (recovery, from queued, running or waiting)──▶ failed
 //! ```
+//!
+//! A run ends in one place, [`End::change`]: whoever ends it (the run
+//! itself, a cancel, a rejection, shutdown, recovery) describes the end and
+//! commits the writes and events it gives, so that every end closes the
+//! steps left running, says why, and announces `workflow.completed` last.
 
-use aegis_history::{RunStatus, RunUpdate, Transition, Write};
+use aegis_history::{CloseSteps, RunId, RunStatus, RunUpdate, StepStatus, Transition, Write};
+
+use crate::event::{EventData, StepCounts, WorkflowCompleted};
 
 /// A change to a run's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +43,16 @@ pub(crate) enum Command {
     /// The process stops (or stopped) under the run; also a queued run that
     /// can no longer run (its workflow is gone).
     Interrupt,
+    /// Recovery gives up a run whose records cannot be read: it ends
+    /// `failed`, whatever unfinished status it had, so that it never blocks
+    /// a start again.
+    Abandon,
 }
 
 impl Command {
     /// Every command, for tables.
     #[cfg(test)]
-    const ALL: [Command; 9] = [
+    const ALL: [Command; 10] = [
         Command::Start,
         Command::Progress,
         Command::Wait,
@@ -50,6 +62,7 @@ impl Command {
         Command::Finish { succeeded: false },
         Command::Cancel,
         Command::Interrupt,
+        Command::Abandon,
     ];
 
     /// The status `command` moves a run in `status` to, or `None` when it
@@ -68,6 +81,7 @@ impl Command {
             (Command::Finish { succeeded: false }, Running) => Some(Failed),
             (Command::Cancel, Queued | Running | Waiting) => Some(Cancelled),
             (Command::Interrupt, Queued | Running) => Some(Interrupted),
+            (Command::Abandon, Queued | Running | Waiting) => Some(Failed),
             _ => None,
         }
     }
@@ -97,6 +111,61 @@ impl Command {
     }
 }
 
+/// How a run ends: the command that ends it and what its end says.
+#[derive(Debug)]
+pub(crate) struct End {
+    /// `Finish`, `Reject`, `Cancel`, `Interrupt` or `Abandon`.
+    pub(crate) command: Command,
+    pub(crate) at: jiff::Timestamp,
+    /// Wall time from the run's start to its end.
+    pub(crate) duration_ms: u64,
+    /// Why the run did not succeed.
+    pub(crate) error: Option<String>,
+    /// The event saying who or what ended the run (`run.cancelled`,
+    /// `run.interrupted`), announced before `workflow.completed`.
+    pub(crate) cause: Option<EventData>,
+    /// Steps still `running` are closed `failed` with this error.
+    pub(crate) close_running: Option<String>,
+    /// The run's steps, counted.
+    pub(crate) summary: StepCounts,
+}
+
+impl End {
+    /// The status the run ends in.
+    pub(crate) fn status(&self) -> RunStatus {
+        self.command.to()
+    }
+
+    /// The writes and events of the end, to commit together (after any
+    /// the caller's change needs first, such as a gate's decision).
+    pub(crate) fn change(self, run_id: &RunId) -> (Vec<Write>, Vec<EventData>) {
+        let status = self.status();
+        let update = RunUpdate {
+            status,
+            started_at: None,
+            completed_at: Some(self.at),
+            duration_ms: Some(self.duration_ms),
+            error: self.error.clone(),
+        };
+        let mut writes = vec![self.command.write(run_id, update)];
+        if let Some(error) = self.close_running {
+            writes.push(Write::CloseSteps(
+                run_id.clone(),
+                CloseSteps { status: StepStatus::Failed, error, at: self.at },
+            ));
+        }
+        let mut events: Vec<EventData> = self.cause.into_iter().collect();
+        events.push(EventData::WorkflowCompleted(WorkflowCompleted {
+            status: status.as_str().to_owned(),
+            success: status == RunStatus::Succeeded,
+            duration_ms: self.duration_ms,
+            summary: self.summary,
+            error: self.error,
+        }));
+        (writes, events)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,7 +176,7 @@ mod tests {
     /// Every status × every command: the whole table, written out.
     #[test]
     fn the_transition_table() {
-        let table: [(Command, [Option<RunStatus>; 8]); 9] = [
+        let table: [(Command, [Option<RunStatus>; 8]); 10] = [
             //                      queued        running            waiting        succeeded failed rejected cancelled interrupted
             (Command::Start, [Some(Running), None, None, None, None, None, None, None]),
             (Command::Progress, [None, Some(Running), None, None, None, None, None, None]),
@@ -129,6 +198,10 @@ mod tests {
             (
                 Command::Interrupt,
                 [Some(Interrupted), Some(Interrupted), None, None, None, None, None, None],
+            ),
+            (
+                Command::Abandon,
+                [Some(Failed), Some(Failed), Some(Failed), None, None, None, None, None],
             ),
         ];
         let statuses =

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use aegis_config::{Condition, StepKind, Workflow};
 use aegis_history::{
-    Attempt, CloseSteps, PendingGate, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger, Write,
+    Attempt, PendingGate, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger, Write,
 };
 use indexmap::IndexMap;
 use serde::Serialize;
@@ -21,11 +21,11 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Inner, stored_summary};
 use crate::event::{
     ArtifactCreated, EventData, FailureDetected, GateWaiting, RunInterrupted, StepCompleted,
-    StepCounts, StepRetrying, StepSkipped, StepStarted, WorkflowCompleted, WorkflowStarted,
+    StepCounts, StepRetrying, StepSkipped, StepStarted, WorkflowStarted,
 };
 use crate::http::describe_timeout;
 use crate::ledger::RunRef;
-use crate::lifecycle::Command;
+use crate::lifecycle::{Command, End};
 use crate::step::{AttemptOutcome, StepContext, StepError, StepOutcome};
 
 /// The longest wait between two attempts of a step.
@@ -124,6 +124,32 @@ impl From<aegis_history::Error> for Stop {
 struct Executed {
     outcome: StepOutcome,
     cancelled: bool,
+    /// The step's result and its events, for the run's next commit (none
+    /// when the run was cancelled: whoever stopped it closes the step).
+    result: Option<(Write, Vec<EventData>)>,
+}
+
+/// What a run has done but not yet committed. It joins the run's next
+/// commit, and that commit always comes before the run acts again: before
+/// the next steps start, before it waits at a gate, before it ends. A step's
+/// result therefore commits with the next step's start (or the run's end),
+/// and the run's start with its first steps': half the commits of a run,
+/// while no reader and no crash can see the run ahead of history (a step
+/// whose result is not committed yet is `running`, and the run does nothing
+/// meanwhile).
+#[derive(Debug, Default)]
+pub(crate) struct Carry {
+    /// The run's own start (`queued` → `running`), until its first commit.
+    start: Option<RunUpdate>,
+    writes: Vec<Write>,
+    events: Vec<EventData>,
+}
+
+impl Carry {
+    fn push(&mut self, write: Write, events: impl IntoIterator<Item = EventData>) {
+        self.writes.push(write);
+        self.events.extend(events);
+    }
 }
 
 /// The execution of one run.
@@ -141,29 +167,74 @@ pub(crate) struct RunExec {
     pub(crate) execution: u32,
     /// When the run first started, if this pass resumes it after a gate.
     pub(crate) resumed: Option<jiff::Timestamp>,
+    /// What the run did since its last commit.
+    pub(crate) carry: Carry,
 }
 
 impl RunExec {
-    /// Commits a change the run makes to itself.
+    /// Commits a change the run makes to itself, after what it carries.
     async fn commit(
-        &self,
+        &mut self,
         command: Command,
         update: RunUpdate,
-        mut writes: Vec<Write>,
+        writes: Vec<Write>,
         events: Vec<EventData>,
     ) -> Result<(), Stop> {
-        writes.insert(0, command.write(&self.run.id, update));
-        self.inner.ledger.commit(&self.run, writes, events).await?;
+        let mut change = vec![command.write(&self.run.id, update)];
+        change.extend(writes);
+        self.commit_change(command, change, events).await
+    }
+
+    /// Ends the run, with what it carries (its last steps' results).
+    async fn end(&mut self, end: End) -> Result<(), Stop> {
+        let command = end.command;
+        let (change, events) = end.change(&self.run.id);
+        self.commit_change(command, change, events).await
+    }
+
+    /// Commits `change`, whose first write is `command`'s transition, with
+    /// what the run carries.
+    async fn commit_change(
+        &mut self,
+        command: Command,
+        mut change: Vec<Write>,
+        events: Vec<EventData>,
+    ) -> Result<(), Stop> {
+        if let Some(start) = self.carry.start.take() {
+            if command == Command::Progress {
+                // The first progress is the start: the same change, and more.
+                change[0] = Command::Start.write(&self.run.id, start);
+            } else {
+                // A run that waits or ends before any step ran still goes
+                // through `running`, as the state machine says.
+                let mut opening = vec![Command::Start.write(&self.run.id, start)];
+                opening.append(&mut self.carry.writes);
+                let opened = std::mem::take(&mut self.carry.events);
+                self.inner.ledger.commit(&self.run, opening, opened).await?;
+            }
+        }
+        // The run's earlier results come before what this change closes.
+        change.splice(1..1, std::mem::take(&mut self.carry.writes));
+        let mut announced = std::mem::take(&mut self.carry.events);
+        announced.extend(events);
+        self.inner.ledger.commit(&self.run, change, announced).await?;
         Ok(())
     }
 
-    /// Records progress: only while the run is still `running`.
-    async fn progress(&self, writes: Vec<Write>, events: Vec<EventData>) -> Result<(), Stop> {
-        self.commit(Command::Progress, RunUpdate::status(RunStatus::Running), writes, events).await
+    /// Records a step's progress while it runs (a failed attempt before the
+    /// next): only while the run is still `running`. The run carries nothing
+    /// then, its steps' start having committed it.
+    async fn record(&self, write: Write, event: EventData) -> Result<(), Stop> {
+        let writes = vec![
+            Command::Progress.write(&self.run.id, RunUpdate::status(RunStatus::Running)),
+            write,
+        ];
+        self.inner.ledger.commit(&self.run, writes, vec![event]).await?;
+        Ok(())
     }
 
     /// Runs the workflow from step `start`, returning how the run ended.
-    pub(crate) async fn execute(self, start: usize) -> RunSummary {
+    pub(crate) async fn execute(mut self, start: usize) -> RunSummary {
         let now = jiff::Timestamp::now();
         let started_at = self.resumed.unwrap_or(now);
         // A resumed run's duration counts from its first start, gate wait included.
@@ -175,13 +246,12 @@ impl RunExec {
                 trigger: self.trigger.as_str().to_owned(),
                 steps: self.workflow.steps().iter().map(|s| s.id().to_owned()).collect(),
             });
-            let update =
-                RunUpdate { started_at: Some(now), ..RunUpdate::status(RunStatus::Running) };
-            // Committed before the first step starts: a crash from now on
-            // interrupts the run instead of running it again.
-            if let Err(stop) = self.commit(Command::Start, update, vec![], vec![started]).await {
-                return self.stopped(stop).await;
-            }
+            // Committed with the first steps' start (or the run's end), before
+            // any step runs: a crash from then on interrupts the run instead of
+            // running it again.
+            self.carry.start =
+                Some(RunUpdate { started_at: Some(now), ..RunUpdate::status(RunStatus::Running) });
+            self.carry.events.push(started);
         }
         log::info!("run_id={}: workflow {} started", self.run.id, self.workflow.key());
         match self.walk(start, started_at, clock).await {
@@ -221,22 +291,36 @@ impl RunExec {
                 };
             }
             let earlier = Arc::new(self.outcomes.clone());
-            let mut batch: Vec<(usize, Option<StepOutcome>)> = Vec::new();
+            let mut batch: Vec<(usize, Result<StepRecord, StepOutcome>)> = Vec::new();
+            let mut starts = Vec::new();
+            let mut started = Vec::new();
             for (offset, step) in steps[index..end].iter().enumerate() {
                 let step_index = index + offset;
                 if condition_holds(step.condition(), &earlier) {
-                    batch.push((step_index, None));
-                    continue;
+                    let (record, event) = self.begin(step, step_index);
+                    starts.push(Write::RecordStep(self.run.id.clone(), record.clone()));
+                    started.push(event);
+                    batch.push((step_index, Ok(record)));
+                } else {
+                    let (outcome, write, event) = self.skip(step, step_index);
+                    self.carry.push(write, [event]);
+                    batch.push((step_index, Err(outcome)));
                 }
-                match self.skip(step, step_index).await {
-                    Ok(outcome) => batch.push((step_index, Some(outcome))),
-                    Err(stop) => return Err((self, stop)),
+            }
+            if !starts.is_empty() {
+                // The steps start only once history says they have (and the
+                // run is still running), with what the run did before them:
+                // a crash from now on shows them, and they never run again on
+                // their own.
+                let update = RunUpdate::status(RunStatus::Running);
+                if let Err(stop) = self.commit(Command::Progress, update, starts, started).await {
+                    return Err((self, stop));
                 }
             }
             let runnable: Vec<_> = batch
                 .iter()
-                .filter(|(_, skipped)| skipped.is_none())
-                .map(|(i, _)| self.run_step(&steps[*i], *i, Arc::clone(&earlier)))
+                .filter_map(|(i, step)| step.as_ref().ok().map(|record| (*i, record.clone())))
+                .map(|(i, record)| self.run_step(&steps[i], i, Arc::clone(&earlier), record))
                 .collect();
             let mut stop = None;
             let mut executed = Vec::new();
@@ -250,13 +334,16 @@ impl RunExec {
                 return Err((self, stop));
             }
             let mut executed = executed.into_iter();
-            for (_, skipped) in batch {
-                let outcome = match skipped {
-                    Some(outcome) => outcome,
-                    None => match executed.next() {
-                        Some(Executed { outcome, cancelled }) => {
+            for (_, step) in batch {
+                let outcome = match step {
+                    Err(skipped) => skipped,
+                    Ok(_) => match executed.next() {
+                        Some(Executed { outcome, cancelled, result }) => {
                             if cancelled && cancelled_at.is_none() {
                                 cancelled_at = Some(Some(outcome.step_id.clone()));
+                            }
+                            if let Some((write, events)) = result {
+                                self.carry.push(write, events);
                             }
                             outcome
                         }
@@ -280,26 +367,24 @@ impl RunExec {
     /// the run (a cancel), the run is as they committed it; when history
     /// failed, the run is ended `failed` if history takes that, else left for
     /// recovery (it will be `interrupted`).
-    async fn stopped(self, stop: Stop) -> RunSummary {
+    async fn stopped(mut self, stop: Stop) -> RunSummary {
         self.inner.settled(&self.run.id, self.generation);
         if let Stop::Failed(err) = &stop {
             log::error!("run_id={}: history refused the run's progress: {err}", self.run.id);
             let reason = format!("history refused the run's progress: {err}");
-            let update = RunUpdate {
-                status: RunStatus::Failed,
-                started_at: None,
-                completed_at: Some(jiff::Timestamp::now()),
-                duration_ms: None,
-                error: Some(reason.clone()),
-            };
-            let events = vec![EventData::WorkflowCompleted(WorkflowCompleted {
-                status: RunStatus::Failed.as_str().to_owned(),
-                success: false,
+            // What the run carried was refused with the commit that failed;
+            // the run is given up from whatever status history has.
+            self.carry = Carry::default();
+            let end = End {
+                command: Command::Abandon,
+                at: jiff::Timestamp::now(),
                 duration_ms: 0,
+                error: Some(reason.clone()),
+                cause: None,
+                close_running: Some(reason),
                 summary: counts(self.workflow.steps().len(), &self.outcomes),
-                error: Some(reason),
-            })];
-            let _ = self.commit(Command::Finish { succeeded: false }, update, vec![], events).await;
+            };
+            let _ = self.end(end).await;
         }
         self.inner.ledger.forget(&self.run.id);
         match self.inner.history.get_run(&self.run.id).await {
@@ -344,40 +429,24 @@ impl RunExec {
         };
         let completed_at = jiff::Timestamp::now();
         let duration_ms = millis(clock.elapsed());
-        let update = RunUpdate {
-            status,
-            started_at: None,
-            completed_at: Some(completed_at),
-            duration_ms: Some(duration_ms),
-            error: error.clone(),
-        };
-        let mut writes = Vec::new();
-        let mut events = Vec::new();
-        if let Some(step_id) = cancelled_at {
-            writes.push(Write::CloseSteps(
-                self.run.id.clone(),
-                CloseSteps {
-                    status: StepStatus::Failed,
-                    error: "interrupted: the server shut down during this step".to_owned(),
-                    at: completed_at,
-                },
-            ));
-            events.push(EventData::RunInterrupted(RunInterrupted {
-                step_id,
-                reason: SHUTDOWN_REASON.to_owned(),
-            }));
-        }
-        let summary = counts(self.workflow.steps().len(), &self.outcomes);
-        events.push(EventData::WorkflowCompleted(WorkflowCompleted {
-            status: status.as_str().to_owned(),
-            success: status == RunStatus::Succeeded,
+        let end = End {
+            command,
+            at: completed_at,
             duration_ms,
-            summary,
             error: error.clone(),
-        }));
+            close_running: interrupted
+                .then(|| "interrupted: the server shut down during this step".to_owned()),
+            cause: cancelled_at.map(|step_id| {
+                EventData::RunInterrupted(RunInterrupted {
+                    step_id,
+                    reason: SHUTDOWN_REASON.to_owned(),
+                })
+            }),
+            summary: counts(self.workflow.steps().len(), &self.outcomes),
+        };
         // The end, and the event that announces it, are in history before
         // anyone hears of it; the run is no longer executing here.
-        self.commit(command, update, writes, events).await?;
+        self.end(end).await?;
         self.inner.settled(&self.run.id, self.generation);
         self.inner.ledger.forget(&self.run.id);
         log::info!("run_id={}: finished {status} in {duration_ms} ms", self.run.id);
@@ -469,7 +538,8 @@ impl RunExec {
         })
     }
 
-    async fn skip(&self, step: &aegis_config::Step, index: usize) -> Result<StepOutcome, Stop> {
+    /// A step skipped by its condition: its outcome, its record and its event.
+    fn skip(&self, step: &aegis_config::Step, index: usize) -> (StepOutcome, Write, EventData) {
         let now = jiff::Timestamp::now();
         let record = StepRecord {
             execution: self.execution,
@@ -490,8 +560,7 @@ impl RunExec {
             index: index as u32,
             condition: step.condition().as_str().to_owned(),
         });
-        self.progress(vec![Write::RecordStep(self.run.id.clone(), record)], vec![skipped]).await?;
-        Ok(StepOutcome {
+        let outcome = StepOutcome {
             step_id: step.id().to_owned(),
             step_type: step.type_name().to_owned(),
             index: index as u32,
@@ -501,42 +570,45 @@ impl RunExec {
             data: Value::Null,
             duration_ms: 0,
             attempts: Vec::new(),
-        })
+        };
+        (outcome, Write::RecordStep(self.run.id.clone(), record), skipped)
     }
 
-    async fn run_step(
-        &self,
-        step: &aegis_config::Step,
-        index: usize,
-        earlier: Arc<IndexMap<String, StepOutcome>>,
-    ) -> Result<Executed, Stop> {
-        let step_id = step.id().to_owned();
-        let step_type = step.type_name().to_owned();
-        let started_at = jiff::Timestamp::now();
-        let clock = Instant::now();
-        let mut record = StepRecord {
+    /// A step about to start: its `running` record and `step.started`.
+    fn begin(&self, step: &aegis_config::Step, index: usize) -> (StepRecord, EventData) {
+        let record = StepRecord {
             execution: self.execution,
             index: index as u32,
-            step_id: step_id.clone(),
-            step_type: step_type.clone(),
+            step_id: step.id().to_owned(),
+            step_type: step.type_name().to_owned(),
             status: StepStatus::Running,
             error: None,
-            started_at: Some(started_at),
+            started_at: Some(jiff::Timestamp::now()),
             completed_at: None,
             duration_ms: None,
             data: None,
             attempts: Vec::new(),
         };
         let started = EventData::StepStarted(StepStarted {
-            step_id: step_id.clone(),
-            step_type: step_type.clone(),
+            step_id: step.id().to_owned(),
+            step_type: step.type_name().to_owned(),
             index: index as u32,
         });
-        // The step starts only once history says it has (and the run is
-        // still running): a crash from now on shows it, and it is never run
-        // again on its own.
-        self.progress(vec![Write::RecordStep(self.run.id.clone(), record.clone())], vec![started])
-            .await?;
+        (record, started)
+    }
+
+    /// Runs a step whose start is committed, returning its result for the
+    /// run's next commit.
+    async fn run_step(
+        &self,
+        step: &aegis_config::Step,
+        index: usize,
+        earlier: Arc<IndexMap<String, StepOutcome>>,
+        mut record: StepRecord,
+    ) -> Result<Executed, Stop> {
+        let step_id = step.id().to_owned();
+        let step_type = step.type_name().to_owned();
+        let clock = Instant::now();
 
         let mut ctx = StepContext {
             run_id: self.run.id.to_string(),
@@ -602,11 +674,7 @@ impl RunExec {
             });
             record.attempts = attempts.iter().map(to_attempt).collect();
             // The failed attempt is in history before the next one starts.
-            self.progress(
-                vec![Write::RecordStep(self.run.id.clone(), record.clone())],
-                vec![retrying],
-            )
-            .await?;
+            self.record(Write::RecordStep(self.run.id.clone(), record.clone()), retrying).await?;
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => {
@@ -639,7 +707,7 @@ impl RunExec {
         };
         if cancelled {
             // Whoever stopped the run records its end (and closes this step).
-            return Ok(Executed { outcome, cancelled });
+            return Ok(Executed { outcome, cancelled, result: None });
         }
         let mut artifacts = ctx.take_artifacts();
         match serde_json::to_vec_pretty(&outcome.data) {
@@ -681,9 +749,9 @@ impl RunExec {
         record.data = Some(outcome.data.clone());
         record.attempts = outcome.attempts.iter().map(to_attempt).collect();
         // The result, its data (`<step>.json`) and its events commit
-        // together, before the next batch starts.
-        self.progress(vec![Write::RecordStep(self.run.id.clone(), record)], events).await?;
-        Ok(Executed { outcome, cancelled })
+        // together with the run's next change, before the next batch starts.
+        let result = Some((Write::RecordStep(self.run.id.clone(), record), events));
+        Ok(Executed { outcome, cancelled, result })
     }
 }
 

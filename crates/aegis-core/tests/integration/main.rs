@@ -1,5 +1,6 @@
 //! Integration tests of the engine against local mock QA services on 127.0.0.1.
 
+mod commits;
 mod common;
 mod control;
 mod events;

@@ -1,0 +1,143 @@
+//! How many history commits a run costs: a step's result commits with the
+//! next step's start, and the run's start with its first step's, so a run
+//! of `n` steps (run or skipped) takes `n_run + 2` commits — its creation,
+//! one per step started, and its end — and never acts ahead of history.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use aegis_core::{Engine, RunOptions};
+use aegis_history::{
+    EventRecord, GateDecision, HistoryBackend, InMemoryHistory, ListQuery, NewRun, Page,
+    PendingGate, Result, RunDetail, RunId, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger,
+    UnfinishedRuns, Write,
+};
+
+use crate::common::load;
+
+/// An in-memory history that counts the calls that write.
+#[derive(Debug, Default)]
+struct Counting {
+    inner: InMemoryHistory,
+    writes: AtomicUsize,
+}
+
+impl Counting {
+    fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl HistoryBackend for Counting {
+    async fn create_run(&self, run: &NewRun) -> Result<()> {
+        self.wrote();
+        self.inner.create_run(run).await
+    }
+    async fn update_run(&self, run_id: &RunId, update: &RunUpdate) -> Result<()> {
+        self.wrote();
+        self.inner.update_run(run_id, update).await
+    }
+    async fn record_step(&self, run_id: &RunId, step: &StepRecord) -> Result<()> {
+        self.wrote();
+        self.inner.record_step(run_id, step).await
+    }
+    async fn add_pending_gate(&self, gate: &PendingGate) -> Result<()> {
+        self.wrote();
+        self.inner.add_pending_gate(gate).await
+    }
+    async fn write_batch(&self, writes: Vec<Write>) -> Vec<Result<()>> {
+        self.wrote();
+        self.inner.write_batch(writes).await
+    }
+    async fn commit(&self, writes: Vec<Write>) -> Result<()> {
+        self.wrote();
+        self.inner.commit(writes).await
+    }
+    async fn events(&self, run_id: &RunId, after: u64, limit: u32) -> Result<Vec<EventRecord>> {
+        self.inner.events(run_id, after, limit).await
+    }
+    async fn last_seq(&self, run_id: &RunId) -> Result<u64> {
+        self.inner.last_seq(run_id).await
+    }
+    async fn finished_since(&self, since: jiff::Timestamp) -> Result<Vec<RunId>> {
+        self.inner.finished_since(since).await
+    }
+    async fn record_gate_decision(&self, run_id: &RunId, decision: &GateDecision) -> Result<()> {
+        self.wrote();
+        self.inner.record_gate_decision(run_id, decision).await
+    }
+    async fn pending_gates(&self) -> Result<Vec<PendingGate>> {
+        self.inner.pending_gates().await
+    }
+    async fn get_run(&self, run_id: &RunId) -> Result<Option<RunDetail>> {
+        self.inner.get_run(run_id).await
+    }
+    async fn list_runs(&self, query: &ListQuery) -> Result<Page> {
+        self.inner.list_runs(query).await
+    }
+    async fn unfinished(&self) -> Result<UnfinishedRuns> {
+        self.inner.unfinished().await
+    }
+    async fn apply_retention(&self) -> Result<u64> {
+        self.wrote();
+        self.inner.apply_retention().await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn a_step_result_commits_with_the_next_steps_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = load(
+        dir.path(),
+        r#"
+data_dir: ./data
+workflows:
+  five:
+    steps:
+      - { id: one, type: command, argv: [sh, -c, "true"] }
+      - { id: two, type: command, argv: [sh, -c, "true"] }
+      - { id: three, type: command, argv: [sh, -c, "true"] }
+      - { id: never, type: command, argv: [sh, -c, "true"], condition: has_failures }
+      - { id: last, type: report }
+"#,
+    );
+    let counting = Arc::new(Counting::default());
+    let history: Arc<dyn HistoryBackend> = Arc::clone(&counting) as Arc<dyn HistoryBackend>;
+    let engine = Engine::builder(config, Arc::clone(&history)).build().expect("engine");
+
+    let summary = engine.run("five", RunOptions::new(Trigger::Cli)).await.expect("run");
+    assert_eq!(summary.status, RunStatus::Succeeded, "{summary:?}");
+    // Created, then one commit per step started (the first with the run's
+    // start, each with the results before it), then the end with the last
+    // result: 4 steps run, 1 skipped → 6. Committing each start and result
+    // on its own took 12.
+    assert_eq!(counting.writes.load(Ordering::SeqCst), 6);
+
+    // Nothing was lost by folding: every step is recorded, in order.
+    let run_id = RunId::new(summary.run_id.clone());
+    let detail = history.get_run(&run_id).await.expect("read").expect("stored");
+    let statuses: Vec<_> = detail.steps.iter().map(|s| (s.step_id.as_str(), s.status)).collect();
+    assert_eq!(
+        statuses,
+        [
+            ("one", StepStatus::Succeeded),
+            ("two", StepStatus::Succeeded),
+            ("three", StepStatus::Succeeded),
+            ("never", StepStatus::Skipped),
+            ("last", StepStatus::Succeeded),
+        ]
+    );
+    let events = engine.run_events(&run_id, 0).await.expect("events");
+    let types: Vec<_> = events.iter().map(|e| e.event_type.clone()).collect();
+    let started = types.iter().position(|t| t == "workflow.started");
+    let first_step = types.iter().position(|t| t == "step.started");
+    assert!(started < first_step, "{types:?}");
+    assert_eq!(types.last().map(String::as_str), Some("workflow.completed"), "{types:?}");
+    assert_eq!(types.iter().filter(|t| *t == "step.completed").count(), 4, "{types:?}");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+}
