@@ -128,7 +128,8 @@ impl From<aegis_core::Error> for ApiError {
                 ApiError::NotFound { what: "gate", id: gate_id }
             }
             err @ (aegis_core::Error::RunNotWaiting { .. }
-            | aegis_core::Error::GateNotPending { .. }) => ApiError::Conflict(err.to_string()),
+            | aegis_core::Error::GateNotPending { .. }
+            | aegis_core::Error::Contended(_)) => ApiError::Conflict(err.to_string()),
             err @ aegis_core::Error::InvalidPatch(_) => ApiError::Unprocessable(err.to_string()),
             aegis_core::Error::QueueFull { limit } => ApiError::QueueFull(format!(
                 "the run queue is full ({limit} runs waiting); retry later"
@@ -210,6 +211,7 @@ mod tests {
         check(aegis_core::Error::ShuttingDown, 503, "not_ready");
         check(aegis_core::Error::UnknownRun("r".into()), 404, "not_found");
         check(aegis_core::Error::RunAborted("r".into()), 500, "internal_error");
+        check(aegis_core::Error::Contended("r".into()), 409, "conflict");
         check(
             aegis_core::Error::History(aegis_history::Error::GateNotPending {
                 run_id: "r".into(),

@@ -23,13 +23,11 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use aegis_history::{RunDetail, RunId};
+use aegis_history::RunDetail;
 
-use crate::engine::Engine;
-use crate::error::{Error, Result};
 use crate::ledger::EVENTS_FILE;
 
 /// One artifact of a run.
@@ -42,7 +40,7 @@ pub struct Artifact {
     pub size: u64,
 }
 
-/// The contents of one artifact, as [`Engine::artifact`] hands them out.
+/// The contents of one artifact, as [`crate::Engine::artifact`] hands them out.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ArtifactBody {
@@ -120,7 +118,10 @@ fn no_follow() -> i32 {
 /// not a real directory (a link to one counts as none), `name` is missing, a
 /// symbolic link, or not a regular file. `O_NONBLOCK` keeps a FIFO from
 /// blocking the open; it changes nothing for a regular file.
-fn open_regular(dir: &Path, name: &str) -> std::io::Result<Option<(std::fs::File, u64)>> {
+pub(crate) fn open_regular(
+    dir: &Path,
+    name: &str,
+) -> std::io::Result<Option<(std::fs::File, u64)>> {
     match std::fs::symlink_metadata(dir) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => return Ok(None),
@@ -152,7 +153,7 @@ fn open_regular(dir: &Path, name: &str) -> std::io::Result<Option<(std::fs::File
 type Named = BTreeMap<String, Arc<[u8]>>;
 
 /// `<step_id>.json` of each step with data, from its latest execution with data.
-fn step_data(detail: &RunDetail) -> Named {
+pub(crate) fn step_data(detail: &RunDetail) -> Named {
     let mut out = BTreeMap::new();
     // Ordered by (execution, index): later executions replace earlier ones.
     for step in &detail.steps {
@@ -165,7 +166,7 @@ fn step_data(detail: &RunDetail) -> Named {
     out
 }
 
-fn files(dir: &Path) -> std::io::Result<Vec<Artifact>> {
+pub(crate) fn files(dir: &Path) -> std::io::Result<Vec<Artifact>> {
     let mut out = Vec::new();
     // A run folder that is itself a link is not the run's: list nothing.
     match std::fs::symlink_metadata(dir) {
@@ -189,68 +190,6 @@ fn files(dir: &Path) -> std::io::Result<Vec<Artifact>> {
         }
     }
     Ok(out)
-}
-
-impl Engine {
-    /// The artifacts of a run, by name: the files in its folder and each
-    /// step's data as `<step_id>.json`. `None` when history has no such run.
-    pub async fn artifacts(&self, run_id: &RunId) -> Result<Option<Vec<Artifact>>> {
-        let Some(detail) = self.history().get_run(run_id).await? else { return Ok(None) };
-        let data = step_data(&detail);
-        let dir = self.run_dir(run_id);
-        // `events.jsonl` trails the ledger: write out its pending lines
-        // first, so that it is listed, at its full size.
-        let listed = {
-            let owned = dir.clone();
-            let engine = self.clone();
-            let run = run_id.clone();
-            tokio::task::spawn_blocking(move || {
-                engine.inner().ledger.sync(Some(&run));
-                files(&owned)
-            })
-            .await
-            .map_err(|e| Error::io(&dir, std::io::Error::other(e)))?
-        };
-        let on_disk = listed.map_err(|e| Error::io(&dir, e))?;
-        let mut out: BTreeMap<String, u64> =
-            on_disk.into_iter().map(|a| (a.name, a.size)).collect();
-        out.extend(data.into_iter().map(|(name, bytes)| (name, bytes.len() as u64)));
-        Ok(Some(out.into_iter().map(|(name, size)| Artifact { name, size }).collect()))
-    }
-
-    /// The contents of one artifact of a run; `None` when there is no such
-    /// run or artifact (or `name` is not a plain file name, or names a link
-    /// or anything but a regular file). A file comes back open, to be
-    /// streamed.
-    pub async fn artifact(&self, run_id: &RunId, name: &str) -> Result<Option<ArtifactBody>> {
-        if !is_artifact_name(name) {
-            return Ok(None);
-        }
-        let Some(detail) = self.history().get_run(run_id).await? else { return Ok(None) };
-        if let Some(bytes) = step_data(&detail).get(name) {
-            return Ok(Some(ArtifactBody::Bytes(Arc::clone(bytes))));
-        }
-        let dir: PathBuf = self.run_dir(run_id);
-        // `events.jsonl` trails the ledger: complete it first.
-        let sync = (name == EVENTS_FILE).then(|| (self.clone(), run_id.clone()));
-        let opened = {
-            let owned = dir.clone();
-            let name = name.to_owned();
-            tokio::task::spawn_blocking(move || {
-                if let Some((engine, run)) = sync {
-                    engine.inner().ledger.sync(Some(&run));
-                }
-                open_regular(&owned, &name)
-            })
-            .await
-            .map_err(|e| Error::io(&dir, std::io::Error::other(e)))?
-        };
-        match opened {
-            Ok(Some((file, size))) => Ok(Some(ArtifactBody::File { file, size })),
-            Ok(None) => Ok(None),
-            Err(err) => Err(Error::io(dir.join(name), err)),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,30 +3,28 @@
 //! run's status goes through the state machine (`crate::lifecycle`) and is
 //! committed with its events by the ledger (`crate::ledger`).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aegis_config::Config;
-use aegis_history::{
-    GateDecision, GateDecisionKind, HistoryBackend, NewRun, RunDetail, RunId, RunRecord, RunStatus,
-    StepStatus, Trigger, Write,
-};
+use aegis_history::{HistoryBackend, NewRun, RunId, RunRecord, StepStatus, Trigger, Write};
 use indexmap::IndexMap;
 use tokio::runtime::Handle;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
+use crate::artifact::{Artifact, ArtifactBody};
 use crate::bus::{EventBus, Subscription};
 use crate::error::{Error, Result};
-use crate::event::{Event, EventData, RunCancelled, RunInterrupted, RunQueued};
+use crate::event::{Event, EventData, RunInterrupted, RunQueued};
+use crate::gate::{GateOutcome, GateRequest};
 use crate::health::{ServiceHealth, check_services};
 use crate::ledger::{Ledger, RunRef};
 use crate::lifecycle::{Command, End};
-use crate::run::{RunExec, RunSummary, counts, millis};
+use crate::run::RunHandle;
+use crate::state::{Inner, elapsed_ms, run_ref};
 use crate::step::{Step, StepRegistry};
+use crate::summary::{RunSummary, counts, rebuild};
 
 /// How many events a subscriber may fall behind before it lags.
 const DEFAULT_BUS_CAPACITY: usize = 4096;
@@ -139,15 +137,6 @@ impl EngineBuilder {
             Some(client) => client,
             None => crate::http::build_client()?,
         };
-        let server = self.config.server();
-        let workflow_limits = self
-            .config
-            .workflows()
-            .values()
-            .filter_map(|w| {
-                w.concurrency().map(|n| (w.key().to_owned(), Arc::new(Semaphore::new(n.max(1)))))
-            })
-            .collect();
         let runs_dir = self.config.data_dir().join("runs");
         let runtime = match self.runtime {
             Some(runtime) => runtime,
@@ -156,26 +145,20 @@ impl EngineBuilder {
         let bus = Arc::new(EventBus::new(self.bus_capacity, self.config.event_log_size()));
         let ledger = Ledger::new(Arc::clone(&self.history), bus, runs_dir.clone())
             .map_err(|e| Error::io(&runs_dir, e))?;
-        let inner = Inner {
-            runs_dir,
+        let (deadlines, armed) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner::new(
+            self.config,
+            self.history,
+            self.registry,
+            client,
             ledger,
             runtime,
-            global: Arc::new(Semaphore::new(server.max_concurrent_runs().max(1))),
-            max_queued: server.max_queued_runs(),
-            queued: AtomicUsize::new(0),
-            workflow_limits,
-            active: Mutex::new(HashMap::new()),
-            generation: AtomicU64::new(1),
-            closing: AtomicBool::new(false),
-            interrupting: AtomicBool::new(false),
-            history: self.history,
-            registry: self.registry,
-            client,
-            config: self.config,
-        };
-        let inner = Arc::new(inner);
-        // Removes the folders of runs retention deletes (see `retention`).
-        crate::retention::spawn(&inner);
+            deadlines,
+        ));
+        // Decides gates at their deadlines (see `gate`).
+        crate::gate::start_timers(&inner, armed);
+        // Removes the folders of runs retention deletes (see `folder`).
+        crate::folder::sweep(&inner);
         Ok(Engine { inner })
     }
 }
@@ -184,145 +167,6 @@ impl EngineBuilder {
 #[derive(Debug, Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) config: Arc<Config>,
-    pub(crate) history: Arc<dyn HistoryBackend>,
-    pub(crate) registry: StepRegistry,
-    pub(crate) client: reqwest::Client,
-    /// Commits state changes with their events, then publishes them.
-    pub(crate) ledger: Ledger,
-    /// Where every task of the engine runs.
-    runtime: Handle,
-    runs_dir: PathBuf,
-    global: Arc<Semaphore>,
-    workflow_limits: HashMap<String, Arc<Semaphore>>,
-    max_queued: usize,
-    queued: AtomicUsize,
-    /// The runs executing in this process, each with the generation of its
-    /// execution (a run resumed after a gate is a new execution of the same id).
-    active: Mutex<HashMap<RunId, (u64, CancellationToken)>>,
-    generation: AtomicU64,
-    /// Set by [`Engine::shutdown`]: no new runs are accepted.
-    closing: AtomicBool,
-    /// Set by [`Engine::shutdown`] once the grace period is over: a run stopped now
-    /// ends `interrupted` rather than `cancelled`, and a queued one stays queued.
-    interrupting: AtomicBool,
-}
-
-impl Inner {
-    pub(crate) fn run_dir(&self, run_id: &RunId) -> PathBuf {
-        self.runs_dir.join(run_id.as_str())
-    }
-
-    /// Starts a task of the engine on its own runtime.
-    pub(crate) fn spawn<F>(&self, task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        self.runtime.spawn(task);
-    }
-
-    /// Forgets a run that reached a final status or paused at a gate: it
-    /// is no longer executing here. Called after the commit that says so.
-    pub(crate) fn settled(&self, run_id: &RunId, generation: u64) {
-        let mut active = self.active();
-        if active.get(run_id).is_some_and(|(g, _)| *g == generation) {
-            active.remove(run_id);
-        }
-    }
-
-    /// Stops the execution of a run in this process, if there is one (its
-    /// end was committed by someone else).
-    fn stop(&self, run_id: &RunId) {
-        if let Some((_, token)) = self.active().get(run_id) {
-            token.cancel();
-        }
-    }
-
-    /// Whether the engine is shutting down.
-    pub(crate) fn closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    /// Whether runs stopped now are interrupted by the shutdown.
-    pub(crate) fn interrupting(&self) -> bool {
-        self.interrupting.load(Ordering::Acquire)
-    }
-
-    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, (u64, CancellationToken)>> {
-        match self.active.lock() {
-            Ok(active) => active,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-}
-
-/// The slots a running run holds: one of `max_concurrent_runs` and one of its
-/// workflow's `concurrency`. Dropping them lets the next queued run start.
-#[derive(Debug)]
-pub(crate) struct Slots {
-    _workflow: Option<OwnedSemaphorePermit>,
-    _global: OwnedSemaphorePermit,
-}
-
-/// A place in the bounded queue; dropping it frees the place.
-#[derive(Debug)]
-pub(crate) struct QueuePlace(Arc<Inner>);
-
-impl Drop for QueuePlace {
-    fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-#[derive(Debug)]
-pub(crate) enum Admission {
-    Now(Slots),
-    Queued(QueuePlace),
-}
-
-/// A submitted run: its id, a way to cancel it and to wait for its end.
-#[derive(Debug, Clone)]
-pub struct RunHandle {
-    run_id: RunId,
-    engine: std::sync::Weak<Inner>,
-    done: watch::Receiver<Option<Arc<RunSummary>>>,
-}
-
-impl RunHandle {
-    /// The run id.
-    pub fn id(&self) -> &RunId {
-        &self.run_id
-    }
-
-    /// Asks the run to stop, as [`Engine::cancel`] does (by `handle`); the
-    /// current step is abandoned promptly. Returns at once.
-    pub fn cancel(&self) {
-        let Some(inner) = self.engine.upgrade() else { return };
-        let engine = Engine { inner: Arc::clone(&inner) };
-        let run_id = self.run_id.clone();
-        inner.spawn(async move {
-            match engine.cancel(&run_id, "handle", None).await {
-                Ok(()) | Err(Error::RunFinished { .. }) => {}
-                Err(err) => log::error!("run_id={run_id}: cannot cancel: {err}"),
-            }
-        });
-    }
-
-    /// Waits until the run finishes or pauses at a gate.
-    pub async fn wait(mut self) -> Result<Arc<RunSummary>> {
-        loop {
-            if let Some(summary) = self.done.borrow_and_update().clone() {
-                return Ok(summary);
-            }
-            if self.done.changed().await.is_err() {
-                return Err(Error::RunAborted(self.run_id.to_string()));
-            }
-        }
-    }
 }
 
 impl Engine {
@@ -353,7 +197,7 @@ impl Engine {
 
     /// The runtime the engine's tasks run on.
     pub fn runtime(&self) -> &Handle {
-        &self.inner.runtime
+        self.inner.runtime()
     }
 
     /// The shared HTTP client.
@@ -403,13 +247,13 @@ impl Engine {
     /// waits in the queue; fails with [`Error::QueueFull`] when the queue is full.
     /// The run and its `run.queued` event are committed before this returns.
     pub async fn submit(&self, workflow: &str, options: RunOptions) -> Result<RunHandle> {
-        if self.inner.closing.load(Ordering::Acquire) {
+        if self.inner.closing() {
             return Err(Error::ShuttingDown);
         }
         if !self.inner.config.workflows().contains_key(workflow) {
             return Err(Error::UnknownWorkflow(workflow.to_owned()));
         }
-        let admission = self.admit(workflow)?;
+        let admission = self.inner.admit(workflow)?;
         let run = NewRun {
             id: RunId::new(uuid::Uuid::now_v7().to_string()),
             workflow: workflow.to_owned(),
@@ -428,7 +272,7 @@ impl Engine {
             .commit_new(&reference, vec![Write::CreateRun(run.clone())], vec![queued])
             .await?;
         log::debug!("run_id={}: queued for workflow {workflow}", run.id);
-        Ok(self.spawn(reference, run.trigger, admission, None))
+        Ok(crate::run::spawn(&self.inner, reference, run.trigger, admission, None))
     }
 
     /// Submits a run and waits for it to finish (or pause at a gate).
@@ -445,82 +289,62 @@ impl Engine {
     /// [`Error::RunFinished`] when the run had already ended, and
     /// [`Error::UnknownRun`] when there is no such run.
     pub async fn cancel(&self, run_id: &RunId, by: &str, request_id: Option<String>) -> Result<()> {
-        // A lost race (a decision or a step committed between the read and
-        // the commit) is retried on the new state; each retry follows a
-        // commit by someone else, so this ends.
-        for _ in 0..16 {
-            let Some(detail) = self.inner.history.get_run(run_id).await? else {
-                return Err(Error::UnknownRun(run_id.to_string()));
-            };
-            if detail.run.status.is_finished() {
-                return Err(Error::RunFinished {
-                    run_id: run_id.to_string(),
-                    status: detail.run.status.as_str().to_owned(),
-                });
-            }
-            let now = jiff::Timestamp::now();
-            let reason = "cancelled".to_owned();
-            let mut decisions = Vec::new();
-            let mut step_id = detail
-                .steps
-                .iter()
-                .filter(|s| s.status == StepStatus::Running)
-                .map(|s| s.step_id.clone())
-                .next();
-            for pending in &detail.pending_gates {
-                step_id = Some(pending.gate_id.clone());
-                decisions.push(Write::DecideGate(
-                    run_id.clone(),
-                    GateDecision {
-                        gate_id: pending.gate_id.clone(),
-                        decision: GateDecisionKind::Reject,
-                        by: by.to_owned(),
-                        at: now,
-                        comment: Some("the run was cancelled".to_owned()),
-                        patch: None,
-                        artifact_before: None,
-                        artifact_after: None,
-                    },
-                ));
-            }
-            let total = self
-                .inner
-                .config
-                .workflows()
-                .get(&detail.run.workflow)
-                .map_or(0, |w| w.steps().len());
-            let (mut writes, events) = End {
-                command: Command::Cancel,
-                at: now,
-                duration_ms: detail.run.started_at.map_or(0, |s| elapsed_ms(s, now)),
-                error: Some(reason.clone()),
-                cause: Some(EventData::RunCancelled(RunCancelled { step_id })),
-                close_running: Some(reason),
-                summary: counts(total, &crate::gate::rebuild(&detail.steps, usize::MAX)),
-            }
-            .change(run_id);
-            writes.extend(decisions);
-            let reference = run_ref(&detail.run).with_request(request_id.clone());
-            match self.inner.ledger.commit(&reference, writes, events).await {
-                Ok(_) => {
-                    self.inner.stop(run_id);
-                    self.inner.ledger.forget(run_id);
-                    log::info!("run_id={run_id}: cancelled by {by}");
-                    return Ok(());
-                }
-                Err(
-                    aegis_history::Error::StatusConflict { .. }
-                    | aegis_history::Error::GateNotPending { .. },
-                ) => continue,
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(Error::RunAborted(run_id.to_string()))
+        crate::cancel::cancel(&self.inner, run_id, by, request_id).await
+    }
+
+    /// Decides a gate a run is waiting at.
+    ///
+    /// The patch is checked against the artifact before anything changes, so
+    /// a patch that does not apply fails with [`Error::InvalidPatch`] and the
+    /// gate stays pending. The decision then commits as one compare-and-set:
+    /// of two decisions (or a decision and a cancel or the gate's timeout)
+    /// exactly one wins; the loser fails with [`Error::GateNotPending`] (or
+    /// [`Error::RunNotWaiting`]). Only the winner changes the artifact,
+    /// emits `gate.approved` or `gate.rejected`, and resumes the run (after
+    /// the gate, or from `retry_from` with a new execution number) or ends
+    /// it `rejected`.
+    pub async fn decide(
+        &self,
+        run_id: &RunId,
+        gate_id: &str,
+        request: GateRequest,
+    ) -> Result<GateOutcome> {
+        self.inner.decide(run_id, gate_id, request).await
+    }
+
+    /// Arms a timer for every pending gate with a deadline, from the deadline
+    /// stored in history; gates whose deadline has already passed (while no
+    /// process was running) are decided now by their `on_timeout`. Returns the
+    /// runs decided now. [`Engine::recover`] calls it.
+    pub async fn arm_gate_timers(&self) -> Result<Vec<RunId>> {
+        self.inner.arm_gate_timers().await
+    }
+
+    /// The artifacts of a run, by name: the files in its folder and each
+    /// step's data as `<step_id>.json`. `None` when history has no such run.
+    pub async fn artifacts(&self, run_id: &RunId) -> Result<Option<Vec<Artifact>>> {
+        self.inner.artifacts(run_id).await
+    }
+
+    /// The contents of one artifact of a run; `None` when there is no such
+    /// run or artifact (or `name` is not a plain file name, or names a link
+    /// or anything but a regular file). A file comes back open, to be
+    /// streamed.
+    pub async fn artifact(&self, run_id: &RunId, name: &str) -> Result<Option<ArtifactBody>> {
+        self.inner.artifact(run_id, name).await
+    }
+
+    /// Removes the folders (`data_dir/runs/<id>/`) of the runs retention
+    /// deleted from history, and returns how many deleted runs it handled.
+    /// The engine does this on its own every second; a run whose events are
+    /// still being written out waits for the next time.
+    pub async fn remove_pruned_runs(&self) -> Result<usize> {
+        self.inner.remove_pruned_runs().await
     }
 
     /// How many runs wait for a slot right now.
     pub fn queued_runs(&self) -> usize {
-        self.inner.queued.load(Ordering::Acquire)
+        self.inner.queued()
     }
 
     /// Stops the engine for a process shutdown: refuses new runs, gives the runs in
@@ -529,25 +353,20 @@ impl Engine {
     /// in history so that [`Engine::recover`] runs them at the next start. Ends by
     /// writing out every run's pending `events.jsonl` lines ([`Engine::sync_events`]).
     pub async fn shutdown(&self, grace: Duration) -> Result<Shutdown> {
-        self.inner.closing.store(true, Ordering::Release);
-        let before = self.inner.active().len();
+        self.inner.close();
+        let before = self.inner.executing().len();
         let deadline = Instant::now() + grace;
-        while !self.inner.active().is_empty() && Instant::now() < deadline {
+        while !self.inner.idle() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let remaining: Vec<(RunId, CancellationToken)> = self
-            .inner
-            .active()
-            .iter()
-            .map(|(id, (_, token))| (id.clone(), token.clone()))
-            .collect();
-        self.inner.interrupting.store(true, Ordering::Release);
+        let remaining = self.inner.executing();
+        self.inner.interrupt_all();
         for (_, token) in &remaining {
             token.cancel();
         }
         // Stopping abandons the current step at once; committing takes a moment.
         let settle = Instant::now() + Duration::from_secs(2);
-        while !self.inner.active().is_empty() && Instant::now() < settle {
+        while !self.inner.idle() && Instant::now() < settle {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let stopped: Vec<RunId> = remaining.into_iter().map(|(id, _)| id).collect();
@@ -618,19 +437,18 @@ impl Engine {
                 }
                 continue;
             }
-            self.inner.queued.fetch_add(1, Ordering::AcqRel);
-            let place = Admission::Queued(QueuePlace(Arc::clone(&self.inner)));
-            self.spawn(reference, run.trigger, place, None);
+            let place = self.inner.queue_place();
+            crate::run::spawn(&self.inner, reference, run.trigger, place, None);
             recovery.requeued.push(run.id);
         }
         for run in unfinished.waiting {
-            match self.resume_decided(&run.id).await {
+            match self.inner.resume_decided(&run.id).await {
                 Ok(true) => recovery.resumed.push(run.id),
                 Ok(false) => recovery.waiting.push(run.id),
                 Err(err) => self.fail_unreadable(&run, &err).await,
             }
         }
-        recovery.expired = self.arm_gate_timers().await?;
+        recovery.expired = self.inner.arm_gate_timers().await?;
         recovery.waiting.retain(|id| !recovery.expired.contains(id));
         log::info!(
             "recovered runs: {} interrupted, {} requeued, {} waiting, {} gates expired",
@@ -699,7 +517,7 @@ impl Engine {
         let step_id = detail.as_ref().and_then(|d| {
             d.steps.iter().find(|s| s.status == StepStatus::Running).map(|s| s.step_id.clone())
         });
-        let summary = detail.as_ref().map(|d| crate::gate::rebuild(&d.steps, usize::MAX));
+        let summary = detail.as_ref().map(|d| rebuild(&d.steps, usize::MAX));
         let reason = "the process stopped while the run was running".to_owned();
         let total = self.inner.config.workflows().get(&run.workflow).map_or(0, |w| w.steps().len());
         let (writes, events) = End {
@@ -743,190 +561,4 @@ impl Engine {
         self.inner.ledger.forget(&run.id);
         Ok(())
     }
-
-    /// Slots for a run resumed after a gate: like [`Engine::admit`], but a run
-    /// that was already accepted is never refused for a full queue.
-    pub(crate) fn admit_resumed(&self, workflow: &str) -> Admission {
-        match self.admit(workflow) {
-            Ok(admission) => admission,
-            Err(_) => {
-                self.inner.queued.fetch_add(1, Ordering::AcqRel);
-                Admission::Queued(QueuePlace(Arc::clone(&self.inner)))
-            }
-        }
-    }
-
-    pub(crate) fn from_inner(inner: Arc<Inner>) -> Engine {
-        Engine { inner }
-    }
-
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
-    }
-
-    fn admit(&self, workflow: &str) -> Result<Admission> {
-        let inner = &self.inner;
-        let workflow_slot = match inner.workflow_limits.get(workflow) {
-            Some(limit) => Arc::clone(limit).try_acquire_owned().ok().map(Some),
-            None => Some(None),
-        };
-        if let Some(workflow_slot) = workflow_slot
-            && let Ok(global) = Arc::clone(&inner.global).try_acquire_owned()
-        {
-            return Ok(Admission::Now(Slots { _workflow: workflow_slot, _global: global }));
-        }
-        let before = inner.queued.fetch_add(1, Ordering::AcqRel);
-        if before >= inner.max_queued {
-            inner.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::QueueFull { limit: inner.max_queued });
-        }
-        Ok(Admission::Queued(QueuePlace(Arc::clone(inner))))
-    }
-
-    pub(crate) fn spawn(
-        &self,
-        run: RunRef,
-        trigger: Trigger,
-        admission: Admission,
-        resume: Option<Resume>,
-    ) -> RunHandle {
-        let cancel = CancellationToken::new();
-        let (done_tx, done) = watch::channel(None);
-        let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        self.inner.active().insert(run.id.clone(), (generation, cancel.clone()));
-        let handle =
-            RunHandle { run_id: run.id.clone(), engine: Arc::downgrade(&self.inner), done };
-        let inner = Arc::clone(&self.inner);
-        self.inner.spawn(async move {
-            let run_id = run.id.clone();
-            let summary =
-                drive(Arc::clone(&inner), run, trigger, admission, cancel, generation, resume)
-                    .await;
-            inner.settled(&run_id, generation);
-            done_tx.send_replace(Some(Arc::new(summary)));
-        });
-        handle
-    }
-}
-
-/// The reference of a stored run, for its commits.
-pub(crate) fn run_ref(run: &RunRecord) -> RunRef {
-    RunRef {
-        id: run.id.clone(),
-        workflow: run.workflow.clone(),
-        request_id: run.request_id.clone(),
-    }
-}
-
-/// A run as history has it now, as a [`RunSummary`].
-pub(crate) fn stored_summary(detail: &RunDetail) -> RunSummary {
-    RunSummary {
-        run_id: detail.run.id.to_string(),
-        workflow: detail.run.workflow.clone(),
-        status: detail.run.status,
-        trigger: detail.run.trigger,
-        started_at: detail.run.started_at,
-        completed_at: detail.run.completed_at,
-        duration_ms: detail.run.duration_ms.unwrap_or(0),
-        error: detail.run.error.clone(),
-        waiting_at: detail.pending_gates.first().map(|g| g.gate_id.clone()),
-        steps: crate::gate::rebuild(&detail.steps, usize::MAX).into_values().collect(),
-    }
-}
-
-pub(crate) fn elapsed_ms(since: jiff::Timestamp, now: jiff::Timestamp) -> u64 {
-    now.duration_since(since).try_into().map(millis).unwrap_or(0)
-}
-
-/// Where a run resumed after a gate decision continues.
-#[derive(Debug)]
-pub(crate) struct Resume {
-    /// The step index to continue from.
-    pub(crate) start: usize,
-    /// The execution number of the steps run from now on.
-    pub(crate) execution: u32,
-    /// The outcomes of the steps before `start`, as recorded.
-    pub(crate) outcomes: IndexMap<String, crate::step::StepOutcome>,
-    /// When the run first started.
-    pub(crate) started_at: Option<jiff::Timestamp>,
-}
-
-/// Waits for slots (unless admitted at once), then executes the run.
-async fn drive(
-    inner: Arc<Inner>,
-    run: RunRef,
-    trigger: Trigger,
-    admission: Admission,
-    cancel: CancellationToken,
-    generation: u64,
-    resume: Option<Resume>,
-) -> RunSummary {
-    let unstarted = |status: RunStatus, error: &str| RunSummary {
-        run_id: run.id.to_string(),
-        workflow: run.workflow.clone(),
-        status,
-        trigger,
-        started_at: None,
-        completed_at: Some(jiff::Timestamp::now()),
-        duration_ms: 0,
-        error: Some(error.to_owned()),
-        waiting_at: None,
-        steps: Vec::new(),
-    };
-    let Some(workflow) = inner.config.workflows().get(&run.workflow).cloned() else {
-        return unstarted(RunStatus::Failed, "unknown workflow");
-    };
-    let slots = match admission {
-        Admission::Now(slots) => slots,
-        Admission::Queued(place) => {
-            let acquire = async {
-                let workflow_slot = match inner.workflow_limits.get(&run.workflow) {
-                    Some(limit) => Some(Arc::clone(limit).acquire_owned().await),
-                    None => None,
-                };
-                let global = Arc::clone(&inner.global).acquire_owned().await;
-                (workflow_slot, global)
-            };
-            let acquired = tokio::select! {
-                biased;
-                () = cancel.cancelled() => None,
-                acquired = acquire => Some(acquired),
-            };
-            drop(place);
-            match acquired {
-                Some((Some(Ok(w)), Ok(g))) => Slots { _workflow: Some(w), _global: g },
-                Some((None, Ok(g))) => Slots { _workflow: None, _global: g },
-                // The semaphores are never closed.
-                Some(_) => return unstarted(RunStatus::Queued, "engine closed"),
-                None if inner.interrupting() => {
-                    // Shutting down: the run stays queued in history for the next start.
-                    return unstarted(
-                        RunStatus::Queued,
-                        "the server shut down before the run started",
-                    );
-                }
-                // Cancelled: the cancel committed the run's end already.
-                None => return unstarted(RunStatus::Cancelled, "cancelled"),
-            }
-        }
-    };
-    let exec = RunExec {
-        inner: Arc::clone(&inner),
-        run,
-        workflow,
-        trigger,
-        cancel,
-        generation,
-        execution: resume.as_ref().map_or(0, |r| r.execution),
-        resumed: resume.as_ref().and_then(|r| r.started_at),
-        outcomes: IndexMap::new(),
-        carry: Default::default(),
-    };
-    let (start, exec) = match resume {
-        Some(resume) => (resume.start, RunExec { outcomes: resume.outcomes, ..exec }),
-        None => (0, exec),
-    };
-    let summary = exec.execute(start).await;
-    drop(slots);
-    summary
 }

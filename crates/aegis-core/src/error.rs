@@ -77,6 +77,10 @@ pub enum Error {
     /// A run's task ended without reporting how the run ended (it panicked).
     #[error("run {0} ended without a result")]
     RunAborted(String),
+    /// A cancel kept losing races to other changes of the run (each retry
+    /// follows someone else's commit); asking again is safe.
+    #[error("run {0} kept changing while it was being cancelled; try again")]
+    Contended(String),
     /// [`crate::EngineBuilder::build`] was called outside a tokio runtime
     /// without [`crate::EngineBuilder::runtime`].
     #[error("the engine needs a tokio runtime: build it on one or pass one to the builder")]

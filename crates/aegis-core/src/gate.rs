@@ -5,7 +5,6 @@
 //! step's result, the run's move out of `waiting` (a compare-and-set) and the
 //! decision's events; then the run resumes, or has ended `rejected`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -13,21 +12,21 @@ use aegis_config::{GateStep, OnTimeout, StepKind, Workflow};
 use aegis_history::{
     GateDecision, GateDecisionKind, RunDetail, RunId, RunStatus, StepRecord, StepStatus, Write,
 };
-use indexmap::IndexMap;
 use jiff::Timestamp;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
-use crate::engine::{Engine, Inner, Resume, RunHandle, elapsed_ms, run_ref};
 use crate::error::{Error, Result};
 use crate::event::{EventData, GateDecided, GateExpired};
 use crate::lifecycle::{Command, End};
-use crate::run::counts;
-use crate::step::{AttemptOutcome, StepOutcome};
+use crate::run::{Resume, RunHandle};
+use crate::state::{Deadline, Inner, elapsed_ms, run_ref};
+use crate::summary::{counts, rebuild};
 
 /// Who decides at the deadline.
 pub const TIMEOUT_DECIDER: &str = "timeout";
 
-/// A reviewer's decision at a gate, for [`Engine::decide`].
+/// A reviewer's decision at a gate, for [`crate::Engine::decide`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct GateRequest {
     approve: bool,
@@ -86,7 +85,7 @@ pub struct GateOutcome {
     pub handle: Option<RunHandle>,
 }
 
-impl Engine {
+impl Inner {
     /// Decides a gate a run is waiting at.
     ///
     /// The patch is checked against the artifact before anything changes, so
@@ -98,13 +97,13 @@ impl Engine {
     /// emits `gate.approved` or `gate.rejected`, and resumes the run (after
     /// the gate, or from `retry_from` with a new execution number) or ends
     /// it `rejected`.
-    pub async fn decide(
-        &self,
+    pub(crate) async fn decide(
+        self: &Arc<Self>,
         run_id: &RunId,
         gate_id: &str,
         request: GateRequest,
     ) -> Result<GateOutcome> {
-        if self.inner().closing() {
+        if self.closing() {
             return Err(Error::ShuttingDown);
         }
         let (detail, workflow, index, gate) = self.waiting_gate(run_id, gate_id).await?;
@@ -138,11 +137,11 @@ impl Engine {
     /// Arms a timer for every pending gate with a deadline, from the deadline
     /// stored in history; gates whose deadline has already passed (while no
     /// process was running) are decided now by their `on_timeout`. Returns the
-    /// runs decided now. [`Engine::recover`] calls it.
-    pub async fn arm_gate_timers(&self) -> Result<Vec<RunId>> {
+    /// runs decided now. `Engine::recover` calls it.
+    pub(crate) async fn arm_gate_timers(self: &Arc<Self>) -> Result<Vec<RunId>> {
         let now = Timestamp::now();
         let mut expired = Vec::new();
-        for gate in self.inner().history.pending_gates().await? {
+        for gate in self.history.pending_gates().await? {
             let Some(deadline) = gate.deadline else { continue };
             if deadline <= now {
                 match self.expire(&gate.run_id, &gate.gate_id).await {
@@ -155,7 +154,7 @@ impl Engine {
                     ),
                 }
             } else {
-                arm_timer(Arc::clone(self.inner()), gate.run_id, gate.gate_id, deadline);
+                arm_timer(Arc::clone(self), gate.run_id, gate.gate_id, deadline);
             }
         }
         Ok(expired)
@@ -164,8 +163,8 @@ impl Engine {
     /// Decides a gate whose deadline passed, by its `on_timeout`, as
     /// `timeout`. Returns whether this call decided it (a reviewer or a
     /// cancel may have been first).
-    pub(crate) async fn expire(&self, run_id: &RunId, gate_id: &str) -> Result<bool> {
-        if self.inner().closing() {
+    pub(crate) async fn expire(self: &Arc<Self>, run_id: &RunId, gate_id: &str) -> Result<bool> {
+        if self.closing() {
             return Ok(false);
         }
         let (detail, workflow, index, gate) = match self.waiting_gate(run_id, gate_id).await {
@@ -209,13 +208,13 @@ impl Engine {
     /// Carries out a decision an earlier version of Aegis recorded apart
     /// from the run's status and did not get to carry out (it stopped in
     /// between): a run `waiting` with no pending gate. Returns whether it did.
-    pub(crate) async fn resume_decided(&self, run_id: &RunId) -> Result<bool> {
-        let Some(detail) = self.inner().history.get_run(run_id).await? else { return Ok(false) };
+    pub(crate) async fn resume_decided(self: &Arc<Self>, run_id: &RunId) -> Result<bool> {
+        let Some(detail) = self.history.get_run(run_id).await? else { return Ok(false) };
         if detail.run.status != RunStatus::Waiting || !detail.pending_gates.is_empty() {
             return Ok(false);
         }
         let Some(decision) = detail.gate_decisions.last().cloned() else { return Ok(false) };
-        let Some(workflow) = self.config().workflows().get(&detail.run.workflow).cloned() else {
+        let Some(workflow) = self.config.workflows().get(&detail.run.workflow).cloned() else {
             return Ok(false);
         };
         let Some((index, gate)) = find_gate(&workflow, &decision.gate_id) else {
@@ -238,10 +237,10 @@ impl Engine {
         run_id: &RunId,
         gate_id: &str,
     ) -> Result<(RunDetail, Workflow, usize, GateStep)> {
-        let Some(detail) = self.inner().history.get_run(run_id).await? else {
+        let Some(detail) = self.history.get_run(run_id).await? else {
             return Err(Error::UnknownRun(run_id.to_string()));
         };
-        let Some(workflow) = self.config().workflows().get(&detail.run.workflow).cloned() else {
+        let Some(workflow) = self.config.workflows().get(&detail.run.workflow).cloned() else {
             return Err(Error::UnknownWorkflow(detail.run.workflow.clone()));
         };
         let Some((index, gate)) = find_gate(&workflow, gate_id) else {
@@ -272,7 +271,7 @@ impl Engine {
     /// resumes, or has ended.
     #[expect(clippy::too_many_arguments, reason = "private, called from three places")]
     async fn proceed(
-        &self,
+        self: &Arc<Self>,
         detail: RunDetail,
         workflow: &Workflow,
         index: usize,
@@ -281,7 +280,7 @@ impl Engine {
         request_id: Option<String>,
         record: bool,
     ) -> Result<GateOutcome> {
-        let inner = Arc::clone(self.inner());
+        let inner = Arc::clone(self);
         let run_id = detail.run.id.clone();
         let reference = run_ref(&detail.run).with_request(request_id);
         let mut writes = Vec::new();
@@ -409,8 +408,9 @@ impl Engine {
                 handle: None,
             });
         };
-        let admission = self.admit_resumed(workflow.key());
-        let handle = self.spawn(reference, detail.run.trigger, admission, Some(resume));
+        let admission = self.admit_accepted(workflow.key());
+        let handle =
+            crate::run::spawn(self, reference, detail.run.trigger, admission, Some(resume));
         Ok(GateOutcome {
             run_id,
             gate_id,
@@ -420,6 +420,18 @@ impl Engine {
             handle: Some(handle),
         })
     }
+}
+
+/// Receives the gates runs wait at with a deadline (`Inner::arm_deadline`)
+/// and arms a timer for each, until the engine is gone.
+pub(crate) fn start_timers(inner: &Arc<Inner>, mut deadlines: mpsc::UnboundedReceiver<Deadline>) {
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    inner.spawn(async move {
+        while let Some(deadline) = deadlines.recv().await {
+            let Some(inner) = weak.upgrade() else { return };
+            arm_timer(inner, deadline.run_id, deadline.gate_id, deadline.at);
+        }
+    });
 }
 
 /// Starts a task that decides the gate at its deadline, unless a reviewer
@@ -438,8 +450,7 @@ pub(crate) fn arm_timer(inner: Arc<Inner>, run_id: RunId, gate_id: String, deadl
             tokio::time::sleep(left.max(Duration::from_millis(1))).await;
         }
         let Some(inner) = weak.upgrade() else { return };
-        let engine = Engine::from_inner(inner);
-        if let Err(err) = engine.expire(&run_id, &gate_id).await {
+        if let Err(err) = inner.expire(&run_id, &gate_id).await {
             log::error!("run_id={run_id}: cannot decide gate {gate_id} at its deadline: {err}");
         }
     });
@@ -490,45 +501,4 @@ fn latest_at(steps: &[StepRecord], index: u32) -> Option<&StepRecord> {
 
 fn latest_mut<'a>(steps: &'a mut [StepRecord], step_id: &str) -> Option<&'a mut StepRecord> {
     steps.iter_mut().filter(|s| s.step_id == step_id).max_by_key(|s| s.execution)
-}
-
-/// The outcomes of the steps before `end`, each from its latest execution,
-/// as a resumed run sees them.
-pub(crate) fn rebuild(steps: &[StepRecord], end: usize) -> IndexMap<String, StepOutcome> {
-    let mut latest: BTreeMap<u32, &StepRecord> = BTreeMap::new();
-    for step in steps.iter().filter(|s| (s.index as usize) < end) {
-        match latest.get(&step.index) {
-            Some(seen) if seen.execution >= step.execution => {}
-            _ => {
-                latest.insert(step.index, step);
-            }
-        }
-    }
-    latest
-        .into_values()
-        .map(|r| {
-            let outcome = StepOutcome {
-                step_id: r.step_id.clone(),
-                step_type: r.step_type.clone(),
-                index: r.index,
-                success: matches!(r.status, StepStatus::Succeeded | StepStatus::Skipped),
-                skipped: r.skipped(),
-                error: r.error.clone(),
-                data: r.data.clone().unwrap_or(Value::Null),
-                duration_ms: r.duration_ms.unwrap_or(0),
-                attempts: r
-                    .attempts
-                    .iter()
-                    .map(|a| AttemptOutcome {
-                        attempt: a.attempt,
-                        success: a.success,
-                        error: a.error.clone(),
-                        duration_ms: a.duration_ms,
-                        started_at: a.started_at,
-                    })
-                    .collect(),
-            };
-            (r.step_id.clone(), outcome)
-        })
-        .collect()
 }

@@ -7,7 +7,7 @@ use aegis_config::{Config, Service};
 use serde::Serialize;
 
 use crate::http::{api_key, describe_error, describe_timeout, service_url, shown_service_url};
-use crate::run::millis;
+use crate::summary::millis;
 
 /// How long a health check waits for an answer.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);

@@ -85,33 +85,49 @@
 //!   it `rejected`. A gate with a `timeout` is decided by its `on_timeout` at the
 //!   deadline, by `timeout`; timers are re-armed from the stored deadline by
 //!   [`Engine::recover`], which decides deadlines that passed meanwhile.
-//! * **Events** have a per-run `seq` from 1, are published on the bus and
-//!   appended to `data_dir/runs/<run_id>/events.jsonl` in the same order, and
-//!   are the same in both. Publishing never waits for a subscriber, and a run
-//!   never waits for the file: one engine thread writes the runs' logs behind
-//!   them, within milliseconds. [`Engine::run_events`] and the artifact
-//!   listing always see every event emitted; [`Engine::sync_events`] writes
-//!   out every run's pending lines (and [`Engine::shutdown`] ends with it). A
-//!   `kill -9` can lose the last few milliseconds of a run's lines (they were
-//!   published); recovery continues `seq` after the last line in the file.
-//! * **Artifacts.** Each step's data is written to `<step_id>.json` in the
-//!   run's folder; `command` adds `<step_id>.stdout.txt` and `.stderr.txt`.
+//! * **Durable first.** Every change of a run (its start, a step started or
+//!   finished, the gate reached, a decision, a cancel, its end) is a command
+//!   of one state machine (`lifecycle`), committed to history as a
+//!   compare-and-set on the run's status together with the events it emits,
+//!   in one transaction, before the run acts on it and before anyone hears
+//!   of it: of two competing changes exactly one wins ([`Error::GateNotPending`],
+//!   [`Error::RunNotWaiting`], [`Error::RunFinished`] for the other), and a run
+//!   ends exactly once, with `workflow.completed` as its last event. A step's
+//!   result commits with the next step's start (or the run's end), so a run
+//!   of `n` steps costs `n + 2` commits.
+//! * **Events** have a per-run `seq` from 1, contiguous and never reused; they
+//!   are rows of the history ledger ([`Engine::run_events`] reads it), then
+//!   published on the bus, then appended to `data_dir/runs/<run_id>/events.jsonl`
+//!   by one writer thread (the file may trail the ledger by moments, never lead
+//!   it; [`Engine::sync_events`] writes out what is pending, and
+//!   [`Engine::recover`] completes the files after a crash). Publishing never
+//!   waits for a subscriber.
+//! * **Artifacts.** Each step's data is served as `<step_id>.json` from
+//!   history; `command` adds `<step_id>.stdout.txt` and `.stderr.txt` in the
+//!   run's folder.
 //! * **Recovery.** [`Engine::recover`] marks runs left `running` as
-//!   `interrupted`, restarts runs left `queued`, and leaves `waiting` runs.
-//! * **History** is written behind the run by a per-run task that coalesces
-//!   writes (the latest state of each record wins) and applies them in
-//!   batches; the engine waits for it before it reports a run finished or
-//!   waiting, so a returned [`RunSummary`] and a `workflow.completed` or
-//!   `gate.waiting` event are always already in history. A failed history
-//!   write is logged and the run goes on.
+//!   `interrupted` (they are never executed again), restarts runs left
+//!   `queued`, leaves `waiting` runs waiting (deciding gates whose deadline
+//!   passed), and marks a run whose records cannot be read `failed`.
+//! * **Runtime.** The engine runs every task on the runtime it was built on
+//!   ([`EngineBuilder::runtime`]), whatever runtime calls it.
+//!
+//! # Modules
+//!
+//! Layers, each using only those below it (a test checks there is no cycle):
+//! `engine` (the public [`Engine`]) → `gate`, `cancel`, `folder` → `run`
+//! (one execution) → `state` (what the parts share) → `ledger`, `lifecycle`,
+//! `summary`, `step`, `http` → `bus`, `event`, `artifact`, `patch`, `limits`.
 
 #![warn(missing_docs)]
 
 mod artifact;
 mod bus;
+mod cancel;
 mod engine;
 mod error;
 mod event;
+mod folder;
 mod gate;
 mod health;
 mod http;
@@ -119,10 +135,11 @@ mod ledger;
 mod lifecycle;
 pub mod limits;
 mod patch;
-mod retention;
 mod run;
+mod state;
 mod step;
 mod steps;
+mod summary;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
@@ -140,7 +157,7 @@ pub mod fuzzing {
 
 pub use artifact::{Artifact, ArtifactBody, is_artifact_name};
 pub use bus::{EventBus, Received, Subscription};
-pub use engine::{Engine, EngineBuilder, Recovery, RunHandle, RunOptions, Shutdown};
+pub use engine::{Engine, EngineBuilder, Recovery, RunOptions, Shutdown};
 pub use error::{Error, Result};
 pub use event::{
     ArtifactCreated, Event, EventData, EventType, FailureDetected, GateDecided, GateExpired,
@@ -152,5 +169,6 @@ pub use gate::{GateOutcome, GateRequest, TIMEOUT_DECIDER};
 pub use health::{HEALTH_TIMEOUT, HealthStatus, ServiceHealth, check_service, check_services};
 pub use http::build_client;
 pub use patch::{MAX_PATCH_DEPTH, PatchRefusal, apply_patch};
-pub use run::{MAX_RETRY_DELAY, RunSummary, retry_delay};
+pub use run::{MAX_RETRY_DELAY, RunHandle, retry_delay};
 pub use step::{AttemptOutcome, Step, StepContext, StepError, StepOutcome, StepRegistry};
+pub use summary::RunSummary;

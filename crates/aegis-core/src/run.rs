@@ -6,77 +6,181 @@
 //! for a run history does not call `running`, and when someone else ended the
 //! run (a cancel), its next commit is refused and the execution stops.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use aegis_config::{Condition, StepKind, Workflow};
 use aegis_history::{
-    Attempt, PendingGate, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger, Write,
+    Attempt, PendingGate, RunId, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger, Write,
 };
 use indexmap::IndexMap;
-use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Inner, stored_summary};
+use crate::error::{Error, Result};
 use crate::event::{
     ArtifactCreated, EventData, FailureDetected, GateWaiting, RunInterrupted, StepCompleted,
-    StepCounts, StepRetrying, StepSkipped, StepStarted, WorkflowStarted,
+    StepRetrying, StepSkipped, StepStarted, WorkflowStarted,
 };
 use crate::http::describe_timeout;
 use crate::ledger::RunRef;
 use crate::lifecycle::{Command, End};
+use crate::state::{Admission, Deadline, Inner};
 use crate::step::{AttemptOutcome, StepContext, StepError, StepOutcome};
+use crate::summary::{RunSummary, counts, millis, stored_summary};
+
+/// A submitted run: its id, a way to cancel it and to wait for its end.
+#[derive(Debug, Clone)]
+pub struct RunHandle {
+    run_id: RunId,
+    engine: Weak<Inner>,
+    done: watch::Receiver<Option<Arc<RunSummary>>>,
+}
+
+impl RunHandle {
+    /// The run id.
+    pub fn id(&self) -> &RunId {
+        &self.run_id
+    }
+
+    /// Asks the run to stop, as [`crate::Engine::cancel`] does (by `handle`); the
+    /// current step is abandoned promptly. Returns at once.
+    pub fn cancel(&self) {
+        let Some(inner) = self.engine.upgrade() else { return };
+        let run_id = self.run_id.clone();
+        let owner = Arc::clone(&inner);
+        inner.spawn(async move {
+            match crate::cancel::cancel(&owner, &run_id, "handle", None).await {
+                Ok(()) | Err(Error::RunFinished { .. }) => {}
+                Err(err) => log::error!("run_id={run_id}: cannot cancel: {err}"),
+            }
+        });
+    }
+
+    /// Waits until the run finishes or pauses at a gate.
+    pub async fn wait(mut self) -> Result<Arc<RunSummary>> {
+        loop {
+            if let Some(summary) = self.done.borrow_and_update().clone() {
+                return Ok(summary);
+            }
+            if self.done.changed().await.is_err() {
+                return Err(Error::RunAborted(self.run_id.to_string()));
+            }
+        }
+    }
+}
+
+/// Where a run resumed after a gate decision continues.
+#[derive(Debug)]
+pub(crate) struct Resume {
+    /// The step index to continue from.
+    pub(crate) start: usize,
+    /// The execution number of the steps run from now on.
+    pub(crate) execution: u32,
+    /// The outcomes of the steps before `start`, as recorded.
+    pub(crate) outcomes: IndexMap<String, crate::step::StepOutcome>,
+    /// When the run first started.
+    pub(crate) started_at: Option<jiff::Timestamp>,
+}
+
+/// Starts executing a run on the engine's runtime (once it has its slots),
+/// from the start or as `resume` says.
+pub(crate) fn spawn(
+    inner: &Arc<Inner>,
+    run: RunRef,
+    trigger: Trigger,
+    admission: Admission,
+    resume: Option<Resume>,
+) -> RunHandle {
+    let cancel = CancellationToken::new();
+    let (done_tx, done) = watch::channel(None);
+    let generation = inner.track(&run.id, cancel.clone());
+    let handle = RunHandle { run_id: run.id.clone(), engine: Arc::downgrade(inner), done };
+    let owner = Arc::clone(inner);
+    inner.spawn(async move {
+        let run_id = run.id.clone();
+        let summary =
+            drive(Arc::clone(&owner), run, trigger, admission, cancel, generation, resume).await;
+        owner.settled(&run_id, generation);
+        done_tx.send_replace(Some(Arc::new(summary)));
+    });
+    handle
+}
+
+/// Waits for slots (unless admitted at once), then executes the run.
+async fn drive(
+    inner: Arc<Inner>,
+    run: RunRef,
+    trigger: Trigger,
+    admission: Admission,
+    cancel: CancellationToken,
+    generation: u64,
+    resume: Option<Resume>,
+) -> RunSummary {
+    let unstarted = |status: RunStatus, error: &str| RunSummary {
+        run_id: run.id.to_string(),
+        workflow: run.workflow.clone(),
+        status,
+        trigger,
+        started_at: None,
+        completed_at: Some(jiff::Timestamp::now()),
+        duration_ms: 0,
+        error: Some(error.to_owned()),
+        waiting_at: None,
+        steps: Vec::new(),
+    };
+    let Some(workflow) = inner.config.workflows().get(&run.workflow).cloned() else {
+        return unstarted(RunStatus::Failed, "unknown workflow");
+    };
+    let slots = match admission {
+        Admission::Now(slots) => slots,
+        Admission::Queued(place) => {
+            let acquired = tokio::select! {
+                biased;
+                () = cancel.cancelled() => None,
+                acquired = inner.slots(&run.workflow) => Some(acquired),
+            };
+            drop(place);
+            match acquired {
+                Some(Some(slots)) => slots,
+                // The semaphores are never closed.
+                Some(None) => return unstarted(RunStatus::Queued, "engine closed"),
+                None if inner.interrupting() => {
+                    // Shutting down: the run stays queued in history for the next start.
+                    return unstarted(
+                        RunStatus::Queued,
+                        "the server shut down before the run started",
+                    );
+                }
+                // Cancelled: the cancel committed the run's end already.
+                None => return unstarted(RunStatus::Cancelled, "cancelled"),
+            }
+        }
+    };
+    let exec = RunExec {
+        inner: Arc::clone(&inner),
+        run,
+        workflow,
+        trigger,
+        cancel,
+        generation,
+        execution: resume.as_ref().map_or(0, |r| r.execution),
+        resumed: resume.as_ref().and_then(|r| r.started_at),
+        outcomes: IndexMap::new(),
+        carry: Default::default(),
+    };
+    let (start, exec) = match resume {
+        Some(resume) => (resume.start, RunExec { outcomes: resume.outcomes, ..exec }),
+        None => (0, exec),
+    };
+    let summary = exec.execute(start).await;
+    drop(slots);
+    summary
+}
 
 /// The longest wait between two attempts of a step.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
-
-/// A run as it ended (or paused).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunSummary {
-    /// The run id (UUIDv7).
-    pub run_id: String,
-    /// The workflow key.
-    pub workflow: String,
-    /// Final status, or `waiting` when paused at a gate.
-    #[serde(serialize_with = "status_text")]
-    pub status: RunStatus,
-    /// What started the run.
-    #[serde(serialize_with = "trigger_text")]
-    pub trigger: Trigger,
-    /// When the run started executing.
-    pub started_at: Option<jiff::Timestamp>,
-    /// When it finished.
-    pub completed_at: Option<jiff::Timestamp>,
-    /// Wall time from start to finish (or to the pause).
-    pub duration_ms: u64,
-    /// Why the run did not succeed.
-    pub error: Option<String>,
-    /// The gate the run waits at, when `waiting`.
-    pub waiting_at: Option<String>,
-    /// The steps that finished or were skipped, in workflow order.
-    pub steps: Vec<StepOutcome>,
-}
-
-impl RunSummary {
-    /// Whether the run succeeded.
-    pub fn succeeded(&self) -> bool {
-        self.status == RunStatus::Succeeded
-    }
-
-    /// The outcome of one step, by id.
-    pub fn step(&self, step_id: &str) -> Option<&StepOutcome> {
-        self.steps.iter().find(|s| s.step_id == step_id)
-    }
-}
-
-fn status_text<S: serde::Serializer>(status: &RunStatus, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(status.as_str())
-}
-
-fn trigger_text<S: serde::Serializer>(trigger: &Trigger, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(trigger.as_str())
-}
 
 /// The delay before attempt `failed + 1`: `retry_delay * 2^(failed-1)`, capped.
 pub fn retry_delay(base: Duration, failed_attempt: u32) -> Duration {
@@ -517,12 +621,11 @@ impl RunExec {
         self.inner.ledger.forget(&self.run.id);
         log::info!("run_id={}: waiting at gate {}", self.run.id, step.id());
         if let Some(deadline) = deadline {
-            crate::gate::arm_timer(
-                Arc::clone(&self.inner),
-                self.run.id.clone(),
-                step.id().to_owned(),
-                deadline,
-            );
+            self.inner.arm_deadline(Deadline {
+                run_id: self.run.id.clone(),
+                gate_id: step.id().to_owned(),
+                at: deadline,
+            });
         }
         Ok(RunSummary {
             run_id: self.run.id.to_string(),
@@ -775,24 +878,6 @@ where
             .unwrap_or_else(|_| Err(StepError::new(describe_timeout(limit)))),
         None => call.await,
     }
-}
-
-pub(crate) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-pub(crate) fn counts(total: usize, outcomes: &IndexMap<String, StepOutcome>) -> StepCounts {
-    let mut counts = StepCounts { total: total as u32, ..StepCounts::default() };
-    for outcome in outcomes.values() {
-        if outcome.skipped {
-            counts.skipped += 1;
-        } else if outcome.success {
-            counts.passed += 1;
-        } else {
-            counts.failed += 1;
-        }
-    }
-    counts
 }
 
 #[cfg(test)]

@@ -287,13 +287,6 @@ impl StepRegistry {
         Self { steps: HashMap::new() }
     }
 
-    /// A registry with the built-in step types (`gate` is handled by the engine itself).
-    pub fn with_builtins() -> Self {
-        let mut registry = Self::empty();
-        crate::steps::register_builtins(&mut registry);
-        registry
-    }
-
     /// Registers (or replaces) a step type.
     pub fn register(&mut self, type_name: impl Into<String>, step: Arc<dyn Step>) -> &mut Self {
         self.steps.insert(type_name.into(), step);

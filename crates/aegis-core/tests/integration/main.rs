@@ -6,6 +6,7 @@ mod control;
 mod events;
 mod gates;
 mod health;
+mod layers;
 mod procs_files;
 mod runs;
 mod steps;
