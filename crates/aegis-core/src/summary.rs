@@ -7,24 +7,23 @@ use std::time::Duration;
 
 use aegis_history::{RunDetail, RunStatus, StepRecord, StepStatus, Trigger};
 use indexmap::IndexMap;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::event::StepCounts;
 use crate::step::{AttemptOutcome, StepOutcome};
 
-/// A run as it ended (or paused).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A run as it ended (or paused), for embedders. It has no JSON form of its
+/// own: the JSON of a run is the API's (`aegis-wire`), read back from
+/// history, so a run prints one way wherever it ran.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunSummary {
     /// The run id (UUIDv7).
     pub run_id: String,
     /// The workflow key.
     pub workflow: String,
     /// Final status, or `waiting` when paused at a gate.
-    #[serde(serialize_with = "status_text")]
     pub status: RunStatus,
     /// What started the run.
-    #[serde(serialize_with = "trigger_text")]
     pub trigger: Trigger,
     /// When the run started executing.
     pub started_at: Option<jiff::Timestamp>,
@@ -50,14 +49,6 @@ impl RunSummary {
     pub fn step(&self, step_id: &str) -> Option<&StepOutcome> {
         self.steps.iter().find(|s| s.step_id == step_id)
     }
-}
-
-fn status_text<S: serde::Serializer>(status: &RunStatus, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(status.as_str())
-}
-
-fn trigger_text<S: serde::Serializer>(trigger: &Trigger, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(trigger.as_str())
 }
 
 /// A run as history has it now, as a [`RunSummary`].

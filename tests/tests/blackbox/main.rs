@@ -4,6 +4,7 @@
 
 mod cli_config;
 mod cli_server;
+mod cli_shapes;
 mod dashboard;
 mod demo;
 mod durability;

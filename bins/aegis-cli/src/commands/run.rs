@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aegis_config::Config;
 use aegis_core::{Engine, Event, Received, RunOptions, RunSummary};
-use aegis_history::{HistoryBackend, HistoryOptions, RunStatus, SqliteHistory, Trigger};
+use aegis_history::{HistoryBackend, HistoryOptions, RunId, RunStatus, SqliteHistory, Trigger};
 use anyhow::Context as _;
 use clap::Args;
 
@@ -49,9 +49,11 @@ pub(crate) fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<Outcome> {
         .into());
     }
     let styles = ctx.styles;
-    let summary = runtime()?.block_on(execute(config, &args, styles))?;
-    if args.json {
-        print_json(&*summary).context("cannot render the run as JSON")?;
+    let (summary, stored) = runtime()?.block_on(execute(config, &args, styles))?;
+    if let Some(stored) = stored {
+        // The run as `GET /api/runs/{id}` shows it: one shape whether the
+        // run ran here or on a server.
+        print_json(&stored).context("cannot render the run as JSON")?;
     } else {
         let line = summary_line(
             &summary.run_id,
@@ -88,11 +90,13 @@ pub(crate) async fn open_history(config: &Config) -> anyhow::Result<Arc<dyn Hist
     Ok(Arc::new(history))
 }
 
+/// Runs the workflow here; with `--json`, also reads the finished run back
+/// from history in the API's shape.
 async fn execute(
     config: Config,
     args: &RunArgs,
     styles: Styles,
-) -> anyhow::Result<Arc<RunSummary>> {
+) -> anyhow::Result<(Arc<RunSummary>, Option<RunWithSteps>)> {
     let history = open_history(&config).await?;
     let engine = Engine::builder(config, history).build().context("cannot start the engine")?;
     let mut events = engine.subscribe();
@@ -121,7 +125,18 @@ async fn execute(
             _ => {}
         }
     }
-    Ok(handle.wait().await?)
+    let summary = handle.wait().await?;
+    if !args.json {
+        return Ok((summary, None));
+    }
+    let run_id = RunId::new(summary.run_id.clone());
+    let detail = engine
+        .history()
+        .get_run(&run_id)
+        .await
+        .with_context(|| format!("cannot read run {run_id} back from history"))?
+        .with_context(|| format!("run {run_id} is missing from history"))?;
+    Ok((summary, Some(RunWithSteps::from(&detail))))
 }
 
 fn print_event(event: &Event, styles: Styles) {
@@ -308,8 +323,13 @@ mod tests {
             std::fs::write(dir.path().join(".aegis.yaml"), yaml).expect("write");
             let config = LoadOptions::new().cwd(dir.path()).load().expect("config");
             let args = RunArgs { name: "w".into(), wait: false, json: true };
-            let summary = execute(config, &args, Styles::detect()).await.expect("run");
+            let (summary, stored) = execute(config, &args, Styles::detect()).await.expect("run");
             assert_eq!(summary.status, RunStatus::Succeeded);
+            // `--json` prints the run as the API shows it, read back from history.
+            let stored = stored.expect("the run in the API's shape");
+            assert_eq!(stored.run.id, summary.run_id);
+            assert_eq!(stored.run.status, "succeeded");
+            assert_eq!(stored.steps.len(), 1);
             let history = SqliteHistory::open(&dir.path().join("h.db"), HistoryOptions::default())
                 .await
                 .expect("history");
