@@ -44,6 +44,6 @@ pub use load::{EnvLookup, FILE_NAME, LoadOptions, Report};
 pub use model::{
     AegisInfo, ApiKey, AuthConfig, CommandStep, Condition, Config, CustomStep, EVENT_TYPES,
     GateStep, HistoryConfig, HttpStep, IpNet, LlmConfig, MaybeSecret, OnTimeout, Role, Secret,
-    ServerConfig, Service, Step, StepKind, Webhook, Workflow, is_loopback_host, shown_url,
+    ServerConfig, Service, StepDef, StepKind, Webhook, Workflow, is_loopback_host, shown_url,
 };
 pub use node::{Loc, MAX_CONFIG_BYTES};

@@ -563,7 +563,7 @@ pub struct Workflow {
     pub(crate) description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) concurrency: Option<usize>,
-    pub(crate) steps: Vec<Step>,
+    pub(crate) steps: Vec<StepDef>,
 }
 
 impl Workflow {
@@ -588,12 +588,12 @@ impl Workflow {
     }
 
     /// The steps, in order; never empty.
-    pub fn steps(&self) -> &[Step] {
+    pub fn steps(&self) -> &[StepDef] {
         &self.steps
     }
 
     /// The step with id `id`.
-    pub fn step(&self, id: &str) -> Option<&Step> {
+    pub fn step(&self, id: &str) -> Option<&StepDef> {
         self.steps.iter().find(|s| s.id == id)
     }
 }
@@ -637,7 +637,7 @@ impl Condition {
 
 /// One step of a workflow.
 #[derive(Clone, Debug, Serialize)]
-pub struct Step {
+pub struct StepDef {
     pub(crate) id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) name: Option<String>,
@@ -654,7 +654,7 @@ pub struct Step {
     pub(crate) timeout: Option<Duration>,
 }
 
-impl Step {
+impl StepDef {
     /// Unique within the workflow; names the step's artifact.
     pub fn id(&self) -> &str {
         &self.id

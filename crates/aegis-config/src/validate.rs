@@ -13,7 +13,7 @@ use crate::diagnostic::{Check, Finding};
 use crate::model::{
     AegisInfo, ApiKey, AuthConfig, CommandStep, Condition, Config, CustomStep, EVENT_TYPES,
     GateStep, HistoryConfig, HttpStep, IpNet, LlmConfig, MaybeSecret, OnTimeout, Role, Secret,
-    ServerConfig, Service, Step, StepKind, Webhook, Workflow, is_loopback_host,
+    ServerConfig, Service, StepDef, StepKind, Webhook, Workflow, is_loopback_host,
 };
 use crate::node::Loc;
 use crate::raw::{
@@ -623,7 +623,7 @@ impl Validator<'_> {
         raw: Spanned<RawStep>,
         services: &IndexMap<String, Service>,
         earlier: &[String],
-    ) -> Option<Step> {
+    ) -> Option<StepDef> {
         let loc = raw.loc;
         let raw = raw.value;
         let Some(type_name) = raw.step_type.clone() else {
@@ -759,7 +759,7 @@ impl Validator<'_> {
                     .map_or(serde_json::Value::Null, |w| w.value.shown.clone()),
             }),
         };
-        Some(Step {
+        Some(StepDef {
             id,
             name: raw.name.map(|n| n.value),
             kind,

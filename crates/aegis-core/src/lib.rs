@@ -155,6 +155,7 @@ pub mod fuzzing {
     }
 }
 
+pub use aegis_history::Attempt;
 pub use artifact::{Artifact, ArtifactBody, is_artifact_name};
 pub use bus::{EventBus, Received, Subscription};
 pub use engine::{Engine, EngineBuilder, Recovery, RunOptions, Shutdown};
@@ -170,5 +171,5 @@ pub use health::{HEALTH_TIMEOUT, HealthStatus, ServiceHealth, check_service, che
 pub use http::build_client;
 pub use patch::{MAX_PATCH_DEPTH, PatchRefusal, apply_patch};
 pub use run::{MAX_RETRY_DELAY, RunHandle, retry_delay};
-pub use step::{AttemptOutcome, Step, StepContext, StepError, StepOutcome, StepRegistry};
+pub use step::{Step, StepContext, StepError, StepOutcome, StepRegistry};
 pub use summary::RunSummary;

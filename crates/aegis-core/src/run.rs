@@ -27,7 +27,7 @@ use crate::http::describe_timeout;
 use crate::ledger::RunRef;
 use crate::lifecycle::{Command, End};
 use crate::state::{Admission, Deadline, Inner};
-use crate::step::{AttemptOutcome, StepContext, StepError, StepOutcome};
+use crate::step::{StepContext, StepError, StepOutcome};
 use crate::summary::{RunSummary, counts, millis, stored_summary};
 
 /// A submitted run: its id, a way to cancel it and to wait for its end.
@@ -378,7 +378,7 @@ impl RunExec {
                 cancelled_at = Some(None);
                 break;
             }
-            let is_gate = |s: &aegis_config::Step| matches!(s.kind(), StepKind::Gate(_));
+            let is_gate = |s: &aegis_config::StepDef| matches!(s.kind(), StepKind::Gate(_));
             let mut end = index + 1;
             if steps[index].parallel() && !is_gate(&steps[index]) {
                 while end < steps.len() && steps[end].parallel() && !is_gate(&steps[end]) {
@@ -574,7 +574,7 @@ impl RunExec {
     /// at the step after it.
     async fn wait_at_gate(
         &mut self,
-        step: &aegis_config::Step,
+        step: &aegis_config::StepDef,
         gate: &aegis_config::GateStep,
         index: usize,
         started_at: jiff::Timestamp,
@@ -642,7 +642,7 @@ impl RunExec {
     }
 
     /// A step skipped by its condition: its outcome, its record and its event.
-    fn skip(&self, step: &aegis_config::Step, index: usize) -> (StepOutcome, Write, EventData) {
+    fn skip(&self, step: &aegis_config::StepDef, index: usize) -> (StepOutcome, Write, EventData) {
         let now = jiff::Timestamp::now();
         let record = StepRecord {
             execution: self.execution,
@@ -678,7 +678,7 @@ impl RunExec {
     }
 
     /// A step about to start: its `running` record and `step.started`.
-    fn begin(&self, step: &aegis_config::Step, index: usize) -> (StepRecord, EventData) {
+    fn begin(&self, step: &aegis_config::StepDef, index: usize) -> (StepRecord, EventData) {
         let record = StepRecord {
             execution: self.execution,
             index: index as u32,
@@ -704,7 +704,7 @@ impl RunExec {
     /// run's next commit.
     async fn run_step(
         &self,
-        step: &aegis_config::Step,
+        step: &aegis_config::StepDef,
         index: usize,
         earlier: Arc<IndexMap<String, StepOutcome>>,
         mut record: StepRecord,
@@ -750,7 +750,7 @@ impl RunExec {
                     }
                 }
             };
-            attempts.push(AttemptOutcome {
+            attempts.push(Attempt {
                 attempt,
                 success: outcome.is_ok(),
                 error: outcome.as_ref().err().map(|e| e.message().to_owned()),
@@ -775,7 +775,7 @@ impl RunExec {
                 delay_ms: millis(delay),
                 error,
             });
-            record.attempts = attempts.iter().map(to_attempt).collect();
+            record.attempts.clone_from(&attempts);
             // The failed attempt is in history before the next one starts.
             self.record(Write::RecordStep(self.run.id.clone(), record.clone()), retrying).await?;
             tokio::select! {
@@ -850,21 +850,11 @@ impl RunExec {
         record.completed_at = Some(jiff::Timestamp::now());
         record.duration_ms = Some(duration_ms);
         record.data = Some(outcome.data.clone());
-        record.attempts = outcome.attempts.iter().map(to_attempt).collect();
+        record.attempts.clone_from(&outcome.attempts);
         // The result, its data (`<step>.json`) and its events commit
         // together with the run's next change, before the next batch starts.
         let result = Some((Write::RecordStep(self.run.id.clone(), record), events));
         Ok(Executed { outcome, cancelled, result })
-    }
-}
-
-fn to_attempt(a: &AttemptOutcome) -> Attempt {
-    Attempt {
-        attempt: a.attempt,
-        success: a.success,
-        error: a.error.clone(),
-        duration_ms: a.duration_ms,
-        started_at: a.started_at,
     }
 }
 

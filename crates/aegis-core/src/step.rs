@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aegis_config::{Config, Service};
+use aegis_history::Attempt;
 use async_trait::async_trait;
 use indexmap::IndexMap;
-use serde::Serialize;
 use serde_json::Value;
 
 /// One step type: what a step of that type does when it runs.
@@ -83,23 +83,8 @@ impl fmt::Display for StepError {
 
 impl std::error::Error for StepError {}
 
-/// One attempt of a step.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AttemptOutcome {
-    /// 1 for the first attempt.
-    pub attempt: u32,
-    /// Whether it succeeded.
-    pub success: bool,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// How long it took.
-    pub duration_ms: u64,
-    /// When it started.
-    pub started_at: jiff::Timestamp,
-}
-
 /// What a finished (or skipped) step left behind.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
     /// The step id.
     pub step_id: String,
@@ -118,7 +103,7 @@ pub struct StepOutcome {
     /// Wall time over all attempts.
     pub duration_ms: u64,
     /// Every attempt, in order.
-    pub attempts: Vec<AttemptOutcome>,
+    pub attempts: Vec<Attempt>,
 }
 
 impl StepOutcome {
@@ -138,7 +123,7 @@ impl StepOutcome {
 pub struct StepContext {
     pub(crate) run_id: String,
     pub(crate) workflow: String,
-    pub(crate) step: aegis_config::Step,
+    pub(crate) step: aegis_config::StepDef,
     pub(crate) index: u32,
     pub(crate) attempt: u32,
     pub(crate) earlier: Arc<IndexMap<String, StepOutcome>>,
@@ -160,7 +145,7 @@ impl StepContext {
     }
 
     /// The step's configuration.
-    pub fn step(&self) -> &aegis_config::Step {
+    pub fn step(&self) -> &aegis_config::StepDef {
         &self.step
     }
 
@@ -239,7 +224,7 @@ impl StepContext {
             .workflows()
             .get(&self.workflow)
             .into_iter()
-            .flat_map(|w| w.steps().iter().map(aegis_config::Step::id));
+            .flat_map(|w| w.steps().iter().map(aegis_config::StepDef::id));
         if let Some(reason) = crate::artifact::refuse_step_artifact(name, step_ids) {
             return Err(StepError::new(format!("invalid artifact name {name:?}: {reason}")));
         }

@@ -10,7 +10,7 @@ use indexmap::IndexMap;
 use serde_json::Value;
 
 use crate::event::StepCounts;
-use crate::step::{AttemptOutcome, StepOutcome};
+use crate::step::StepOutcome;
 
 /// A run as it ended (or paused), for embedders. It has no JSON form of its
 /// own: the JSON of a run is the API's (`aegis-wire`), read back from
@@ -91,17 +91,7 @@ pub(crate) fn rebuild(steps: &[StepRecord], end: usize) -> IndexMap<String, Step
                 error: r.error.clone(),
                 data: r.data.clone().unwrap_or(Value::Null),
                 duration_ms: r.duration_ms.unwrap_or(0),
-                attempts: r
-                    .attempts
-                    .iter()
-                    .map(|a| AttemptOutcome {
-                        attempt: a.attempt,
-                        success: a.success,
-                        error: a.error.clone(),
-                        duration_ms: a.duration_ms,
-                        started_at: a.started_at,
-                    })
-                    .collect(),
+                attempts: r.attempts.clone(),
             };
             (r.step_id.clone(), outcome)
         })

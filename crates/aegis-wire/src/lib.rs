@@ -6,7 +6,7 @@
 //! Deserialization is lenient (missing fields take their defaults, unknown ones are
 //! ignored) so a client keeps working against a newer server.
 
-use aegis_history::{Attempt, GateDecision, PendingGate, RunDetail, RunRecord, StepRecord};
+use aegis_history::{GateDecision, PendingGate, RunDetail, RunRecord, StepRecord};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -61,7 +61,7 @@ impl From<&RunRecord> for Run {
 /// One attempt of a step.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
-pub struct StepAttempt {
+pub struct Attempt {
     /// From 1.
     pub attempt: u32,
     /// Whether this attempt succeeded.
@@ -74,9 +74,9 @@ pub struct StepAttempt {
     pub started_at: String,
 }
 
-impl From<&Attempt> for StepAttempt {
-    fn from(a: &Attempt) -> StepAttempt {
-        StepAttempt {
+impl From<&aegis_history::Attempt> for Attempt {
+    fn from(a: &aegis_history::Attempt) -> Attempt {
+        Attempt {
             attempt: a.attempt,
             success: a.success,
             error: a.error.clone(),
@@ -86,10 +86,10 @@ impl From<&Attempt> for StepAttempt {
     }
 }
 
-/// One step of a run.
+/// One step of a run (one execution of it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
-pub struct Step {
+pub struct RunStep {
     /// The step id from the workflow.
     pub id: String,
     /// The step type.
@@ -117,12 +117,12 @@ pub struct Step {
     #[schema(value_type = Object)]
     pub data: Option<serde_json::Value>,
     /// Every attempt.
-    pub attempts: Vec<StepAttempt>,
+    pub attempts: Vec<Attempt>,
 }
 
-impl From<&StepRecord> for Step {
-    fn from(s: &StepRecord) -> Step {
-        Step {
+impl From<&StepRecord> for RunStep {
+    fn from(s: &StepRecord) -> RunStep {
+        RunStep {
             id: s.step_id.clone(),
             step_type: s.step_type.clone(),
             index: s.index,
@@ -135,7 +135,7 @@ impl From<&StepRecord> for Step {
             completed_at: time(s.completed_at),
             duration_ms: s.duration_ms,
             data: s.data.clone(),
-            attempts: s.attempts.iter().map(StepAttempt::from).collect(),
+            attempts: s.attempts.iter().map(Attempt::from).collect(),
         }
     }
 }
@@ -211,7 +211,7 @@ pub struct RunWithSteps {
     #[serde(flatten)]
     pub run: Run,
     /// Steps in order, latest pass last.
-    pub steps: Vec<Step>,
+    pub steps: Vec<RunStep>,
     /// Gate decisions, oldest first.
     pub gate_decisions: Vec<Decision>,
     /// Gates waiting now.
@@ -222,7 +222,7 @@ impl From<&RunDetail> for RunWithSteps {
     fn from(d: &RunDetail) -> RunWithSteps {
         RunWithSteps {
             run: Run::from(&d.run),
-            steps: d.steps.iter().map(Step::from).collect(),
+            steps: d.steps.iter().map(RunStep::from).collect(),
             gate_decisions: d.gate_decisions.iter().map(Decision::from).collect(),
             pending_gates: d.pending_gates.iter().map(Gate::from).collect(),
         }

@@ -173,11 +173,11 @@ fn describe(detail: &RunWithSteps, styles: Styles) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aegis_wire::{Run, Step, StepAttempt};
+    use aegis_wire::{Attempt, Run, RunStep};
 
     #[test]
     fn a_retried_failed_step_lists_its_attempts() {
-        let attempt = |n, success, error: Option<&str>| StepAttempt {
+        let attempt = |n, success, error: Option<&str>| Attempt {
             attempt: n,
             success,
             error: error.map(str::to_owned),
@@ -197,7 +197,7 @@ mod tests {
                 error: Some("boom".into()),
                 request_id: None,
             },
-            steps: vec![Step {
+            steps: vec![RunStep {
                 id: "t".into(),
                 step_type: "command".into(),
                 index: 0,
