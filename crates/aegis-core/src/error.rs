@@ -77,6 +77,9 @@ pub enum Error {
     /// A run's task ended without reporting how the run ended (it panicked).
     #[error("run {0} ended without a result")]
     RunAborted(String),
+    /// An event of a type this version does not know.
+    #[error("unknown event type {0:?}")]
+    UnknownEventType(String),
     /// A cancel kept losing races to other changes of the run (each retry
     /// follows someone else's commit); asking again is safe.
     #[error("run {0} kept changing while it was being cancelled; try again")]

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The version of the event envelope; bumped when the format changes incompatibly.
 pub const SCHEMA_VERSION: &str = "1.0";
@@ -392,6 +392,48 @@ impl EventData {
     }
 }
 
+impl EventData {
+    /// Reads the data of an event of type `event_type` from its JSON, so an
+    /// embedder can match on the variant and read typed fields.
+    pub fn from_value(event_type: EventType, data: Value) -> Result<EventData> {
+        use serde_json::from_value as read;
+        Ok(match event_type {
+            EventType::RunQueued => EventData::RunQueued(read(data)?),
+            EventType::WorkflowStarted => EventData::WorkflowStarted(read(data)?),
+            EventType::StepStarted => EventData::StepStarted(read(data)?),
+            EventType::StepRetrying => EventData::StepRetrying(read(data)?),
+            EventType::StepCompleted => EventData::StepCompleted(read(data)?),
+            EventType::StepSkipped => EventData::StepSkipped(read(data)?),
+            EventType::FailureDetected => EventData::FailureDetected(read(data)?),
+            EventType::ArtifactCreated => EventData::ArtifactCreated(read(data)?),
+            EventType::GateWaiting => EventData::GateWaiting(read(data)?),
+            EventType::GateApproved => EventData::GateApproved(read(data)?),
+            EventType::GateRejected => EventData::GateRejected(read(data)?),
+            EventType::GateExpired => EventData::GateExpired(read(data)?),
+            EventType::RunCancelled => EventData::RunCancelled(read(data)?),
+            EventType::RunInterrupted => EventData::RunInterrupted(read(data)?),
+            EventType::WorkflowCompleted => EventData::WorkflowCompleted(read(data)?),
+            EventType::WebhookFailed => EventData::WebhookFailed(read(data)?),
+        })
+    }
+}
+
+impl Event {
+    /// The event's type, when it is one this version knows (a newer server
+    /// may send others).
+    pub fn kind(&self) -> Option<EventType> {
+        EventType::parse(&self.event_type)
+    }
+
+    /// The event's data, typed. Fails with [`Error::UnknownEventType`] for a
+    /// type this version does not know, and with [`Error::Json`] when the
+    /// data does not have its type's shape.
+    pub fn typed(&self) -> Result<EventData> {
+        let kind = self.kind().ok_or_else(|| Error::UnknownEventType(self.event_type.clone()))?;
+        EventData::from_value(kind, self.data.clone())
+    }
+}
+
 /// The envelope as documented by the JSON Schemas: an [`Event`] whose `data`
 /// has the type `T`.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -459,6 +501,49 @@ pub fn event_schemas() -> Vec<(EventType, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(event_type: &str, data: Value) -> Event {
+        Event {
+            schema_version: SCHEMA_VERSION.to_owned(),
+            id: "e".into(),
+            seq: 1,
+            event_type: event_type.into(),
+            time: jiff::Timestamp::UNIX_EPOCH,
+            run_id: "r".into(),
+            workflow: "w".into(),
+            request_id: None,
+            data,
+        }
+    }
+
+    #[test]
+    fn an_event_reads_back_as_its_typed_data() {
+        let completed = EventData::WorkflowCompleted(WorkflowCompleted {
+            status: "failed".into(),
+            success: false,
+            duration_ms: 12,
+            summary: StepCounts { total: 3, passed: 1, failed: 1, skipped: 1 },
+            error: Some("step b failed".into()),
+        });
+        let read = event("workflow.completed", completed.to_value().unwrap());
+        assert_eq!(read.kind(), Some(EventType::WorkflowCompleted));
+        match read.typed().unwrap() {
+            EventData::WorkflowCompleted(data) => {
+                assert_eq!(
+                    (data.summary.failed, data.error.as_deref()),
+                    (1, Some("step b failed"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read.typed().unwrap(), completed);
+        // A type this version does not know, and data of the wrong shape.
+        let newer = event("run.teleported", Value::Null);
+        assert_eq!(newer.kind(), None);
+        assert!(matches!(newer.typed(), Err(Error::UnknownEventType(t)) if t == "run.teleported"));
+        let broken = event("step.started", serde_json::json!({"step_id": 7}));
+        assert!(matches!(broken.typed(), Err(Error::Json(_))));
+    }
 
     #[test]
     fn event_types_match_the_configuration_list() {

@@ -101,7 +101,7 @@ pub fn apply_patch(patch: &Value, artifact: &Value) -> Result<Value, PatchRefusa
         return Err(PatchRefusal::PatchTooDeep);
     }
     let Value::Array(items) = patch else {
-        return Err(PatchRefusal::NotAPatch(format!("found {}", kind_of(patch))));
+        return Err(PatchRefusal::NotAPatch(format!("found {}", crate::limits::json_kind(patch))));
     };
     if items.len() > MAX_PATCH_OPERATIONS {
         return Err(PatchRefusal::TooManyOperations { count: items.len() });
@@ -236,16 +236,6 @@ fn insertion(doc: &Value, path: &str, value: &Value, counts_value: bool) -> Chan
     Change { added, removed, inserted_depth: Some(tokens + value_depth(value)) }
 }
 
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
 
 #[cfg(test)]
 mod tests {

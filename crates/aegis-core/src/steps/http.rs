@@ -38,7 +38,7 @@ impl Step for HttpCall {
             Some(other) => {
                 return Err(StepError::new(format!(
                     "failures_from {pointer:?} points at {}, expected an array",
-                    kind_of(other)
+                    crate::limits::json_kind(other)
                 ))
                 .with_data(response));
             }
@@ -53,13 +53,3 @@ impl Step for HttpCall {
     }
 }
 
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
