@@ -325,53 +325,15 @@ fn apply(conn: &Connection, op: &Op, keep: u32) -> Result<u64> {
     }
 }
 
-/// `UPDATE … WHERE status IN (from)`: the compare-and-set of a run's status.
+/// The compare-and-set of a run's status: `update` applies only while the
+/// run's status is one of `from` ([`Error::StatusConflict`] otherwise).
 fn transition_run(
     conn: &Connection,
     id: &RunId,
     transition: &Transition,
     keep: u32,
 ) -> Result<u64> {
-    let from = if transition.from.is_empty() {
-        "NULL".to_owned()
-    } else {
-        transition.from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
-    };
-    let sql = format!(
-        "UPDATE runs SET status = ?2, started_at = COALESCE(?3, started_at), \
-         completed_at = COALESCE(?4, completed_at), duration_ms = COALESCE(?5, duration_ms), \
-         error = COALESCE(?6, error) WHERE id = ?1 AND status IN ({from}) RETURNING workflow"
-    );
-    let update = &transition.update;
-    let workflow: Option<String> = conn
-        .prepare_cached(&sql)
-        .map_err(write_err)?
-        .query_row(
-            params![
-                id.as_str(),
-                update.status.as_str(),
-                opt_ts_to_sql(update.started_at)?,
-                opt_ts_to_sql(update.completed_at)?,
-                update.duration_ms.map(ms_to_sql),
-                update.error,
-            ],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(write_err)?;
-    let Some(workflow) = workflow else {
-        let status: Option<String> = conn
-            .prepare_cached("SELECT status FROM runs WHERE id = ?1")
-            .map_err(write_err)?
-            .query_row([id.as_str()], |row| row.get(0))
-            .optional()
-            .map_err(write_err)?;
-        return Err(match status {
-            Some(status) => Error::StatusConflict { run_id: id.to_string(), status },
-            None => Error::RunNotFound { run_id: id.to_string() },
-        });
-    };
-    if update.status.is_finished() { prune_workflow(conn, &workflow, keep) } else { Ok(0) }
+    set_run(conn, id, &transition.update, Some(&transition.from), keep)
 }
 
 fn append_event(conn: &Connection, event: &EventRecord) -> Result<()> {
@@ -444,14 +406,38 @@ fn create_run(conn: &Connection, run: &NewRun) -> Result<()> {
 }
 
 fn update_run(conn: &Connection, id: &RunId, update: &RunUpdate, keep: u32) -> Result<u64> {
-    let mut stmt = conn
-        .prepare_cached(
-            "UPDATE runs SET status = ?2, started_at = COALESCE(?3, started_at), \
-             completed_at = COALESCE(?4, completed_at), duration_ms = COALESCE(?5, duration_ms), \
-             error = COALESCE(?6, error) WHERE id = ?1 RETURNING workflow",
-        )
-        .map_err(write_err)?;
-    let workflow: Option<String> = stmt
+    set_run(conn, id, update, None, keep)
+}
+
+/// Writes a run's status (and the other fields `update` sets), only while
+/// its status is one of `from` when given; moving a run to a finished
+/// status applies retention to its workflow. The one statement both plain
+/// updates and transitions use.
+fn set_run(
+    conn: &Connection,
+    id: &RunId,
+    update: &RunUpdate,
+    from: Option<&[RunStatus]>,
+    keep: u32,
+) -> Result<u64> {
+    // The statuses are the enum's own names, never outside text; each
+    // distinct `from` is one cached statement.
+    let guard = match from {
+        None => String::new(),
+        Some([]) => " AND status IN (NULL)".to_owned(),
+        Some(from) => format!(
+            " AND status IN ({})",
+            from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let sql = format!(
+        "UPDATE runs SET status = ?2, started_at = COALESCE(?3, started_at), \
+         completed_at = COALESCE(?4, completed_at), duration_ms = COALESCE(?5, duration_ms), \
+         error = COALESCE(?6, error) WHERE id = ?1{guard} RETURNING workflow"
+    );
+    let workflow: Option<String> = conn
+        .prepare_cached(&sql)
+        .map_err(write_err)?
         .query_row(
             params![
                 id.as_str(),
@@ -466,7 +452,19 @@ fn update_run(conn: &Connection, id: &RunId, update: &RunUpdate, keep: u32) -> R
         .optional()
         .map_err(write_err)?;
     let Some(workflow) = workflow else {
-        return Err(Error::RunNotFound { run_id: id.to_string() });
+        let status: Option<String> = match from {
+            None => None,
+            Some(_) => conn
+                .prepare_cached("SELECT status FROM runs WHERE id = ?1")
+                .map_err(write_err)?
+                .query_row([id.as_str()], |row| row.get(0))
+                .optional()
+                .map_err(write_err)?,
+        };
+        return Err(match status {
+            Some(status) => Error::StatusConflict { run_id: id.to_string(), status },
+            None => Error::RunNotFound { run_id: id.to_string() },
+        });
     };
     if update.status.is_finished() { prune_workflow(conn, &workflow, keep) } else { Ok(0) }
 }
