@@ -236,7 +236,6 @@ fn insertion(doc: &Value, path: &str, value: &Value, counts_value: bool) -> Chan
     Change { added, removed, inserted_depth: Some(tokens + value_depth(value)) }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

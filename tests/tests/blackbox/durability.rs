@@ -458,7 +458,10 @@ fn kill_9_at_random_moments_loses_no_run_and_runs_nothing_twice() {
             wait_for(&server, run, &["waiting", "succeeded", "failed", "rejected", "interrupted"]);
         let detail = server.get(&format!("/api/runs/{run}")).json();
         assert_ne!(status, "running");
-        // Side effects happen at most once per attempt history recorded.
+        // Side effects happen at most once per attempt history recorded, and
+        // at most once per attempt start the ledger committed before it
+        // (`step.started`, then `step.retrying` before each further attempt).
+        let ledger = events(&server, run);
         for (step, counts) in [("act", &effects), ("after", &after)] {
             let done = counts.get(run.as_str()).copied().unwrap_or(0);
             assert!(
@@ -466,10 +469,18 @@ fn kill_9_at_random_moments_loses_no_run_and_runs_nothing_twice() {
                 "run {run} ({status}): step {step} acted {done} times, history records {}: {detail:#}",
                 started(&detail, step)
             );
+            let announced = ledger
+                .iter()
+                .filter(|e| e["type"] == "step.started" || e["type"] == "step.retrying")
+                .filter(|e| e["data"]["step_id"] == step)
+                .count();
+            assert!(
+                done <= announced,
+                "run {run} ({status}): step {step} acted {done} times, the ledger started it {announced} times: {ledger:#?}"
+            );
         }
         // The ledger: seq 1, 2, 3, … with unique ids, and every event a
         // client saw live is still there with the same id.
-        let ledger = events(&server, run);
         for (i, event) in ledger.iter().enumerate() {
             assert_eq!(event["seq"], json!(i as u64 + 1), "run {run}: {ledger:#?}");
         }

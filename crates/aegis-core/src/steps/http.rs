@@ -52,4 +52,3 @@ impl Step for HttpCall {
         })
     }
 }
-
