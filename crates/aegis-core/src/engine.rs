@@ -372,7 +372,7 @@ impl Engine {
         let stopped: Vec<RunId> = remaining.into_iter().map(|(id, _)| id).collect();
         let engine = self.clone();
         let marker = self.process_marker();
-        let synced = tokio::task::spawn_blocking(move || {
+        let synced = self.inner.runtime().spawn_blocking(move || {
             engine.sync_events();
             // Every file holds its ledger: the next start need not check them.
             if marker.exists()
@@ -465,23 +465,25 @@ impl Engine {
     async fn mark_process_start(&self) -> Option<jiff::Timestamp> {
         let path = self.process_marker();
         let now = jiff::Timestamp::now();
-        tokio::task::spawn_blocking(move || {
-            let previous = std::fs::read_to_string(&path).ok().and_then(|text| {
-                let nanos = text.trim().strip_prefix("running ")?.parse::<i128>().ok()?;
-                jiff::Timestamp::from_nanosecond(nanos).ok()
-            });
-            if let Some(dir) = path.parent()
-                && let Err(err) = std::fs::create_dir_all(dir).and_then(|()| {
-                    std::fs::write(&path, format!("running {}\n", now.as_nanosecond()))
-                })
-            {
-                log::warn!("cannot write {}: {err}", path.display());
-            }
-            previous
-        })
-        .await
-        .ok()
-        .flatten()
+        self.inner
+            .runtime()
+            .spawn_blocking(move || {
+                let previous = std::fs::read_to_string(&path).ok().and_then(|text| {
+                    let nanos = text.trim().strip_prefix("running ")?.parse::<i128>().ok()?;
+                    jiff::Timestamp::from_nanosecond(nanos).ok()
+                });
+                if let Some(dir) = path.parent()
+                    && let Err(err) = std::fs::create_dir_all(dir).and_then(|()| {
+                        std::fs::write(&path, format!("running {}\n", now.as_nanosecond()))
+                    })
+                {
+                    log::warn!("cannot write {}: {err}", path.display());
+                }
+                previous
+            })
+            .await
+            .ok()
+            .flatten()
     }
 
     fn process_marker(&self) -> PathBuf {

@@ -37,12 +37,13 @@ impl Inner {
             let owned = dir.clone();
             let inner = Arc::clone(self);
             let run = run_id.clone();
-            tokio::task::spawn_blocking(move || {
-                inner.ledger.sync(Some(&run));
-                files(&owned)
-            })
-            .await
-            .map_err(|e| Error::io(&dir, std::io::Error::other(e)))?
+            self.runtime()
+                .spawn_blocking(move || {
+                    inner.ledger.sync(Some(&run));
+                    files(&owned)
+                })
+                .await
+                .map_err(|e| Error::io(&dir, std::io::Error::other(e)))?
         };
         let on_disk = listed.map_err(|e| Error::io(&dir, e))?;
         let mut out: BTreeMap<String, u64> =
@@ -73,14 +74,15 @@ impl Inner {
         let opened = {
             let owned = dir.clone();
             let name = name.to_owned();
-            tokio::task::spawn_blocking(move || {
-                if let Some((inner, run)) = sync {
-                    inner.ledger.sync(Some(&run));
-                }
-                open_regular(&owned, &name)
-            })
-            .await
-            .map_err(|e| Error::io(&dir, std::io::Error::other(e)))?
+            self.runtime()
+                .spawn_blocking(move || {
+                    if let Some((inner, run)) = sync {
+                        inner.ledger.sync(Some(&run));
+                    }
+                    open_regular(&owned, &name)
+                })
+                .await
+                .map_err(|e| Error::io(&dir, std::io::Error::other(e)))?
         };
         match opened {
             Ok(Some((file, size))) => Ok(Some(ArtifactBody::File { file, size })),
@@ -142,7 +144,8 @@ impl Inner {
                     (id.clone(), dir)
                 })
                 .collect();
-            tokio::task::spawn_blocking(move || remove_folders(&folders))
+            self.runtime()
+                .spawn_blocking(move || remove_folders(&folders))
                 .await
                 .map_err(|e| crate::error::Error::io("runs", std::io::Error::other(e)))?;
             history.forget_pruned(&ready).await?;
