@@ -141,3 +141,34 @@ workflows:
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_run_that_waits_before_any_step_still_starts_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = load(
+        dir.path(),
+        r#"
+data_dir: ./data
+workflows:
+  gated:
+    steps:
+      - { id: review, type: gate }
+      - { id: last, type: report }
+"#,
+    );
+    let counting = Arc::new(Counting::default());
+    let history: Arc<dyn HistoryBackend> = Arc::clone(&counting) as Arc<dyn HistoryBackend>;
+    let engine = Engine::builder(config, Arc::clone(&history)).build().expect("engine");
+
+    let summary = engine.run("gated", RunOptions::new(Trigger::Cli)).await.expect("run");
+    assert_eq!(summary.status, RunStatus::Waiting, "{summary:?}");
+    // Created, started (queued → running, on its own: no step starts with
+    // it), then waiting: the state machine's path, one commit each.
+    assert_eq!(counting.writes.load(Ordering::SeqCst), 3);
+    let run_id = RunId::new(summary.run_id.clone());
+    let detail = history.get_run(&run_id).await.expect("read").expect("stored");
+    assert!(detail.run.started_at.is_some());
+    let events = engine.run_events(&run_id, 0).await.expect("events");
+    let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["run.queued", "workflow.started", "gate.waiting"]);
+}
