@@ -6,6 +6,7 @@
 //! proceed while a batch commits.
 
 mod codec;
+mod outbox;
 mod read;
 mod schema;
 mod writer;
@@ -212,6 +213,19 @@ impl SqliteHistory {
             outcomes.push(answer.await.unwrap_or(Err(Error::Closed)));
         }
         outcomes
+    }
+
+    /// Runs `f` on the write connection on the blocking pool, between two
+    /// of the committer's batches (the connection's lock orders them).
+    async fn on_write_conn<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.write_conn);
+        tokio::task::spawn_blocking(move || f(&mut lock(&conn)))
+            .await
+            .map_err(|source| Error::Task { source })?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -434,6 +448,34 @@ impl HistoryBackend for SqliteHistory {
         })
         .await
         .map_err(|source| Error::Task { source })?
+    }
+
+    async fn claim_deliveries(
+        &self,
+        claim: &crate::outbox::DeliveryClaim,
+    ) -> Result<Vec<crate::outbox::Delivery>> {
+        let claim = claim.clone();
+        self.on_write_conn(move |conn| outbox::claim(conn, &claim)).await
+    }
+
+    async fn next_delivery_due(&self, webhook: u32) -> Result<Option<jiff::Timestamp>> {
+        self.read(move |conn| outbox::next_due(conn, webhook)).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        query: &crate::outbox::DeliveryQuery,
+    ) -> Result<crate::outbox::DeliveryPage> {
+        let query = query.clone();
+        self.read(move |conn| outbox::list(conn, &query)).await
+    }
+
+    async fn delivery_counts(&self) -> Result<Vec<(u32, crate::outbox::DeliveryStatus, u64)>> {
+        self.read(outbox::counts).await
+    }
+
+    async fn prune_deliveries(&self, before: jiff::Timestamp) -> Result<u64> {
+        self.on_write_conn(move |conn| outbox::prune(conn, before)).await
     }
 
     async fn ping(&self) -> Result<()> {
