@@ -155,7 +155,8 @@ impl EngineBuilder {
         };
         let bus = Arc::new(EventBus::new(self.bus_capacity, self.config.event_log_size()));
         let ledger = Ledger::new(Arc::clone(&self.history), bus, runs_dir.clone())
-            .map_err(|e| Error::io(&runs_dir, e))?;
+            .map_err(|e| Error::io(&runs_dir, e))?
+            .with_outbox(Arc::new(crate::webhook::Outbox::new(self.config.webhooks())));
         let inner = Inner {
             runs_dir,
             ledger,
@@ -176,6 +177,8 @@ impl EngineBuilder {
         let inner = Arc::new(inner);
         // Removes the folders of runs retention deletes (see `retention`).
         crate::retention::spawn(&inner);
+        // Delivers the webhook outbox (see `webhook`).
+        crate::webhook::spawn(&inner);
         Ok(Engine { inner })
     }
 }

@@ -125,6 +125,7 @@ mod step;
 mod steps;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod webhook;
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): internal
 /// parsers that have no public API of their own. Not part of the stable API.
