@@ -87,6 +87,22 @@ impl Outbox {
     }
 }
 
+impl crate::Engine {
+    /// Queues a webhook delivery again (any status): pending, due now, with
+    /// a fresh attempt count and the same event (`webhook-id`).
+    ///
+    /// Fails with `DeliveryNotFound` for an unknown id.
+    pub async fn redeliver(&self, delivery_id: &str) -> aegis_history::Result<()> {
+        let write = Write::Redeliver(delivery_id.to_owned(), jiff::Timestamp::now());
+        self.history().commit(vec![write]).await?;
+        // Which webhook it belongs to is not known here: wake them all.
+        for wake in &self.inner().ledger.outbox().wakes {
+            wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
 /// A delivery's id: its event and webhook, so it is the same however often
 /// the event's commit is retried, and unique.
 fn delivery_id(event_id: &str, webhook: u32) -> String {
