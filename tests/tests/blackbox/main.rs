@@ -18,3 +18,4 @@ mod server_metrics;
 mod server_openapi;
 mod server_surface;
 mod support;
+mod webhooks;
