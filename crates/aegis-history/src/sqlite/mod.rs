@@ -530,6 +530,27 @@ mod tests {
         }
     }
 
+    /// The dispatcher's claim and due-time queries search an index on one
+    /// webhook's pending rows, never scan the whole outbox (which keeps
+    /// delivered rows).
+    #[test]
+    fn outbox_scans_use_the_pending_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        for sql in [
+            "SELECT seq FROM deliveries WHERE webhook = 1 AND status = 'pending' \
+             AND next_attempt_at <= 5 AND (claimed_until IS NULL OR claimed_until <= 5) \
+             ORDER BY next_attempt_at, seq LIMIT 16",
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, 0))) FROM deliveries \
+             WHERE webhook = 1 AND status = 'pending'",
+        ] {
+            let plan = plan(&conn, sql);
+            assert!(plan.contains("SEARCH deliveries USING"), "{sql}\n{plan}");
+            assert!(!plan.contains("SCAN deliveries"), "{sql}\n{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}\nsorts:\n{plan}");
+        }
+    }
+
     #[test]
     fn migrations_set_user_version() {
         let mut conn = Connection::open_in_memory().unwrap();
