@@ -163,6 +163,13 @@ pub trait HistoryBackend: Send + Sync + std::fmt::Debug {
     /// several processes claims with `FOR UPDATE SKIP LOCKED` or the like.
     async fn claim_deliveries(&self, claim: &DeliveryClaim) -> Result<Vec<Delivery>>;
 
+    /// Releases every claim on pending deliveries, so they are claimable at
+    /// once; returns how many. For a store one process uses, called when it
+    /// starts: claims of a process that died are then not waited out. (A
+    /// store shared by several processes releases only the claims of an
+    /// instance whose lease lapsed.)
+    async fn release_delivery_claims(&self) -> Result<u64>;
+
     /// When the earliest pending delivery of `webhook` becomes claimable:
     /// its due time, or its claim's end if later. `None` when none is pending.
     async fn next_delivery_due(&self, webhook: u32) -> Result<Option<jiff::Timestamp>>;

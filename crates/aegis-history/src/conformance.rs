@@ -1128,6 +1128,10 @@ pub async fn outbox_claim_and_complete(mut store: impl Store) {
     // Everything is claimed now; the other webhook's delivery is its own.
     assert!(history.claim_deliveries(&claim(0, 10, 100, 10)).await.unwrap().is_empty());
     assert_eq!(history.next_delivery_due(0).await.unwrap(), Some(ts(100)));
+    // Releasing the claims makes them claimable at once (a restart).
+    assert_eq!(history.release_delivery_claims().await.unwrap(), 3);
+    assert_eq!(history.next_delivery_due(0).await.unwrap(), Some(ts(1)));
+    assert_eq!(history.claim_deliveries(&claim(0, 10, 100, 10)).await.unwrap().len(), 3);
     assert_eq!(
         delivery_ids(&history.claim_deliveries(&claim(1, 10, 100, 10)).await.unwrap()),
         vec!["o2-d1"]

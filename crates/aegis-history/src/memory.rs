@@ -558,6 +558,18 @@ impl HistoryBackend for InMemoryHistory {
         Ok(claimed)
     }
 
+    async fn release_delivery_claims(&self) -> Result<u64> {
+        let mut state = self.state();
+        let mut released = 0;
+        for row in state.outbox.rows.values_mut() {
+            if row.delivery.status == DeliveryStatus::Pending && row.claimed_until.take().is_some()
+            {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
     async fn next_delivery_due(&self, webhook: u32) -> Result<Option<Timestamp>> {
         let state = self.state();
         Ok(state

@@ -11,6 +11,7 @@
 //! after a restart. Delivery is therefore at least once; receivers
 //! deduplicate on `webhook-id`, the event's id.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -33,8 +34,13 @@ pub(crate) const IN_FLIGHT: usize = 16;
 /// How long one attempt may take (SPEC section 6).
 pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long a claim holds a delivery: longer than an attempt can take.
-const LEASE: Duration = Duration::from_secs(60);
+/// How many deliveries one claim takes at most (queued for the slots).
+const CLAIM_BATCH: usize = 4 * IN_FLIGHT;
+
+/// How long a claim holds a delivery: longer than a full queue takes to
+/// send even when every attempt times out (`CLAIM_BATCH / IN_FLIGHT + 1`
+/// rounds of [`ATTEMPT_TIMEOUT`]).
+const LEASE: Duration = Duration::from_secs(120);
 
 /// The longest a worker sleeps without looking at the store.
 const POLL: Duration = Duration::from_secs(5);
@@ -66,18 +72,31 @@ pub(crate) fn spawn(inner: &Arc<Inner>) {
             return;
         }
     };
-    for index in 0..outbox.webhooks().len() {
-        let Ok(webhook) = u32::try_from(index) else { continue };
-        let worker = Worker {
+    let workers: Vec<Worker> = (0..outbox.webhooks().len())
+        .filter_map(|index| u32::try_from(index).ok())
+        .map(|index| Worker {
             inner: Arc::downgrade(inner),
             outbox: Arc::clone(&outbox),
-            index: webhook,
+            index,
             client: client.clone(),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
             done: Arc::new(Notify::new()),
-        };
-        inner.spawn(worker.run());
-    }
+        })
+        .collect();
+    let history = Arc::clone(&inner.history);
+    inner.spawn(async move {
+        // One process uses this store: the claims of one that died (kill -9
+        // mid-attempt) are released rather than waited out.
+        match history.release_delivery_claims().await {
+            Ok(0) => {}
+            Ok(n) => log::info!("webhooks: {n} deliveries claimed by a previous process resume"),
+            Err(err) => log::warn!("webhooks: cannot release earlier claims: {err}"),
+        }
+        // This task runs on the engine's runtime, so the workers do too.
+        for worker in workers {
+            tokio::spawn(worker.run());
+        }
+    });
     let weak = Arc::downgrade(inner);
     inner.spawn(async move {
         let mut ticks = tokio::time::interval(PRUNE_INTERVAL);
@@ -130,38 +149,45 @@ struct Worker {
 impl Worker {
     async fn run(self) {
         let Some(wake) = self.outbox.wake(self.index as usize) else { return };
+        // Claimed deliveries waiting for a slot: claiming in batches keeps
+        // the claims (write transactions) far fewer than the deliveries.
+        let mut queue: VecDeque<Delivery> = VecDeque::new();
         loop {
             let Some(inner) = self.inner.upgrade() else { return };
             if inner.closing() {
+                // Claims still queued lapse with their lease.
                 return;
             }
-            let free = self.slots.available_permits();
-            let mut full = false;
-            if free > 0 {
+            while self.slots.available_permits() > 0 {
+                let Some(delivery) = queue.pop_front() else { break };
+                self.start(&inner, delivery);
+            }
+            let mut claimed_any = false;
+            if queue.len() < IN_FLIGHT {
                 let now = Timestamp::now();
                 let claim = DeliveryClaim {
                     webhook: self.index,
                     now,
                     until: now + signed(LEASE),
-                    limit: u32::try_from(free).unwrap_or(u32::MAX),
+                    limit: u32::try_from(CLAIM_BATCH - queue.len()).unwrap_or(1),
                 };
                 match inner.history.claim_deliveries(&claim).await {
                     Ok(claimed) => {
-                        full = claimed.len() == free;
-                        for delivery in claimed {
-                            self.start(&inner, delivery);
-                        }
+                        claimed_any = !claimed.is_empty();
+                        queue.extend(claimed);
                     }
                     Err(err) => {
                         log::warn!("webhook {}: cannot claim deliveries: {err}", self.index)
                     }
                 }
             }
-            if full {
-                // More may be due: claim again as soon as a slot frees.
-                if self.slots.available_permits() == 0 {
-                    self.done.notified().await;
-                }
+            if claimed_any && self.slots.available_permits() > 0 {
+                continue;
+            }
+            if !queue.is_empty() {
+                // Every slot is busy: go on when one frees.
+                drop(inner);
+                self.done.notified().await;
                 continue;
             }
             let next = match inner.history.next_delivery_due(self.index).await {

@@ -458,6 +458,10 @@ impl HistoryBackend for SqliteHistory {
         self.on_write_conn(move |conn| outbox::claim(conn, &claim)).await
     }
 
+    async fn release_delivery_claims(&self) -> Result<u64> {
+        self.on_write_conn(outbox::release).await
+    }
+
     async fn next_delivery_due(&self, webhook: u32) -> Result<Option<jiff::Timestamp>> {
         self.read(move |conn| outbox::next_due(conn, webhook)).await
     }

@@ -161,6 +161,19 @@ pub(crate) fn claim(conn: &mut Connection, claim: &DeliveryClaim) -> Result<Vec<
     Ok(claimed.into_iter().map(|(_, d)| d).collect())
 }
 
+/// Releases every claim on pending rows.
+pub(crate) fn release(conn: &mut Connection) -> Result<u64> {
+    let released = conn
+        .prepare_cached(
+            "UPDATE deliveries SET claimed_until = NULL \
+             WHERE status = 'pending' AND claimed_until IS NOT NULL",
+        )
+        .map_err(write_err)?
+        .execute([])
+        .map_err(write_err)?;
+    Ok(released as u64)
+}
+
 /// Deletes delivered rows last changed before `before`.
 pub(crate) fn prune(conn: &mut Connection, before: Timestamp) -> Result<u64> {
     let tx = conn
