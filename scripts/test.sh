@@ -24,6 +24,19 @@ fi
 export AEGIS_SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
 # Here a missing schemathesis is a failure, not a skipped check.
 export AEGIS_REQUIRE_SCHEMATHESIS=1
+# The official Standard Webhooks library (PyPI `standardwebhooks`) verifies the
+# signatures aegis-server sends in the black-box tests `webhooks::*`, through
+# tests/webhooks/verify.py. It lives in a venv of its own under target/py-webhooks.
+standardwebhooks_version=1.1.0
+webhooks_venv=target/py-webhooks
+if ! "$webhooks_venv/bin/python" -c "import sys; from importlib.metadata import version; sys.exit(version('standardwebhooks') != '$standardwebhooks_version')" 2>/dev/null; then
+  echo "installing standardwebhooks $standardwebhooks_version into $webhooks_venv" >&2
+  python3 -m venv "$webhooks_venv"
+  "$webhooks_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "standardwebhooks==$standardwebhooks_version"
+fi
+export AEGIS_WEBHOOKS_PYTHON="$PWD/$webhooks_venv/bin/python"
+export AEGIS_REQUIRE_STANDARDWEBHOOKS=1
 # The dashboard's browser tests (`dashboard::browser_*`, driving tests/web) need Debian's
 # chromium and nginx and playwright from PyPI: scripts/browser-setup.sh installs each
 # when missing (never a browser download). Here a missing browser is a failure too.

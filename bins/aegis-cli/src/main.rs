@@ -55,6 +55,9 @@ enum Command {
     /// List, approve and reject gates waiting for a human (needs --server).
     #[command(subcommand)]
     Gates(commands::gates::GatesCommand),
+    /// The webhook delivery log and redelivery (needs --server and an admin key).
+    #[command(subcommand)]
+    Webhooks(commands::webhooks::WebhooksCommand),
     /// Follow a server's events (needs --server).
     #[command(subcommand)]
     Events(commands::events::EventsCommand),
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Runs(cmd) => commands::runs::run(cmd, &ctx),
         Command::Events(cmd) => commands::events::run(cmd, &ctx),
         Command::Gates(cmd) => commands::gates::run(cmd, &ctx),
+        Command::Webhooks(cmd) => commands::webhooks::run(cmd, &ctx),
     };
     exit_code(result, styles)
 }

@@ -82,7 +82,8 @@ impl ApiError {
             ApiError::Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound { .. }
             | ApiError::NoRoute(_)
-            | ApiError::History(History::RunNotFound { .. }) => {
+            | ApiError::History(History::RunNotFound { .. })
+            | ApiError::History(History::DeliveryNotFound { .. }) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
             ApiError::MethodNotAllowed { .. } => {

@@ -168,6 +168,14 @@ pub fn app(
                     resource("/api/runs/{id}/gates/{gate}/reject")
                         .route(web::post().to(routes::gates::reject)),
                 )
+                .service(
+                    resource("/api/webhooks/deliveries")
+                        .route(get().to(routes::webhooks::deliveries)),
+                )
+                .service(
+                    resource("/api/webhooks/deliveries/{id}/redeliver")
+                        .route(web::post().to(routes::webhooks::redeliver)),
+                )
                 .service(resource("/api/events").route(get().to(routes::events::recent)))
                 .service(
                     resource("/api/events/stream").route(get().to(routes::events::global_stream)),

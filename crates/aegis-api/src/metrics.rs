@@ -21,7 +21,7 @@ use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 use aegis_auth::Access;
 use aegis_core::{Engine, Event, Received, Subscription};
-use aegis_history::HistoryBackend;
+use aegis_history::{DeliveryStatus, HistoryBackend};
 
 use crate::auth::require;
 use crate::error::Result;
@@ -242,7 +242,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub(crate) fn render(&self) -> String {
+    pub(crate) fn render(&self, deliveries: &[(u32, DeliveryStatus, u64)]) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let workflows: Vec<&str> =
             self.engine.config().workflows().keys().map(String::as_str).collect();
@@ -261,15 +261,28 @@ impl Metrics {
             &mut out,
             "aegis_webhook_deliveries_total",
             "counter",
-            "Webhook delivery attempts by webhook and outcome (none until webhooks are delivered by this server).",
+            "Webhook deliveries that ended, by webhook index and status (delivered, failed, gone), as kept in the delivery log (delivered rows leave it after 7 days).",
         );
+        let mut pending = 0;
+        for (webhook, status, count) in deliveries {
+            if *status == DeliveryStatus::Pending {
+                pending += count;
+                continue;
+            }
+            sample(
+                &mut out,
+                "aegis_webhook_deliveries_total",
+                &[("webhook", &webhook.to_string()), ("status", status.as_str())],
+                *count,
+            );
+        }
         family(
             &mut out,
             "aegis_webhook_outbox_pending",
             "gauge",
-            "Webhook deliveries waiting to be sent (always 0 until webhooks are delivered by this server).",
+            "Webhook deliveries waiting for their next attempt.",
         );
-        sample(&mut out, "aegis_webhook_outbox_pending", &[], 0);
+        sample(&mut out, "aegis_webhook_outbox_pending", &[], pending);
         family(
             &mut out,
             "aegis_http_requests_total",
@@ -486,7 +499,16 @@ pub(crate) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Res
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         metrics.start(&runtime);
     }
-    Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(metrics.render()))
+    // The delivery counts come from the outbox; a store that cannot answer
+    // leaves them out rather than failing the scrape.
+    let deliveries = match state.history().delivery_counts().await {
+        Ok(counts) => counts,
+        Err(err) => {
+            log::warn!("metrics: cannot count webhook deliveries: {err}");
+            Vec::new()
+        }
+    };
+    Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(metrics.render(&deliveries)))
 }
 
 #[cfg(test)]

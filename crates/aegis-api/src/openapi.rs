@@ -37,8 +37,10 @@ use crate::state::AppState;
         crate::routes::gates::list,
         crate::routes::gates::approve,
         crate::routes::gates::reject,
+        crate::routes::webhooks::deliveries,
+        crate::routes::webhooks::redeliver,
     ),
-    components(schemas(crate::error::ErrorBody, crate::dto::Run, crate::dto::RunPage, crate::dto::RunWithSteps)),
+    components(schemas(crate::error::ErrorBody, crate::dto::Run, crate::dto::RunPage, crate::dto::RunWithSteps, crate::dto::DeliveryPage, crate::dto::Delivery, crate::dto::DeliveryAttempt, crate::dto::Redelivery)),
     modifiers(&Security)
 )]
 struct ApiDoc;

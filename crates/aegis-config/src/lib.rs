@@ -43,7 +43,8 @@ pub use error::{ConfigError, Result};
 pub use load::{EnvLookup, FILE_NAME, LoadOptions, Report};
 pub use model::{
     AegisInfo, ApiKey, AuthConfig, CommandStep, Condition, Config, CustomStep, EVENT_TYPES,
-    GateStep, HistoryConfig, HttpStep, IpNet, LlmConfig, MaybeSecret, OnTimeout, Role, Secret,
-    ServerConfig, Service, StepDef, StepKind, Webhook, Workflow, is_loopback_host, shown_url,
+    GateStep, HistoryConfig, HttpStep, IpNet, LlmConfig, MIN_SECRET_BYTES, MaybeSecret, OnTimeout,
+    Role, Secret, ServerConfig, Service, StepDef, StepKind, Webhook, Workflow, is_loopback_host,
+    shown_url, signing_key,
 };
 pub use node::{Loc, MAX_CONFIG_BYTES};

@@ -970,6 +970,20 @@ pub const EVENT_TYPES: [&str; 16] = [
     "webhook.failed",
 ];
 
+/// The HMAC key of a webhook secret, as the Standard Webhooks libraries
+/// read it: `whsec_<base64>` is the decoded bytes; any other secret (or a
+/// `whsec_` one that is not valid base64) is its UTF-8 bytes.
+pub fn signing_key(secret: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    secret
+        .strip_prefix("whsec_")
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .unwrap_or_else(|| secret.as_bytes().to_vec())
+}
+
+/// Secrets shorter than this many key bytes draw a `config validate` warning.
+pub const MIN_SECRET_BYTES: usize = 24;
+
 /// A webhook subscription.
 #[derive(Clone, Debug, Serialize)]
 pub struct Webhook {
@@ -1002,6 +1016,22 @@ impl Webhook {
     /// HMAC signing key; deliveries are unsigned without one.
     pub fn secret(&self) -> Option<&Secret> {
         self.secret.as_ref()
+    }
+
+    /// The bytes deliveries are signed with, when a secret is set (see
+    /// [`signing_key`]).
+    pub fn signing_key(&self) -> Option<Vec<u8>> {
+        self.secret.as_ref().map(|s| signing_key(s.expose()))
+    }
+
+    /// The URL as shown in the delivery log and `webhook.failed`: without
+    /// any user name or password it carries.
+    pub fn shown_url(&self) -> String {
+        let mut shown = self.url.clone();
+        // Both only fail for URLs that cannot carry credentials, which then have none.
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        shown.into()
     }
 
     /// Attempts before giving up.

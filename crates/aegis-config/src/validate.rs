@@ -12,8 +12,9 @@ use crate::de::{Spanned, join_key};
 use crate::diagnostic::{Check, Finding};
 use crate::model::{
     AegisInfo, ApiKey, AuthConfig, CommandStep, Condition, Config, CustomStep, EVENT_TYPES,
-    GateStep, HistoryConfig, HttpStep, IpNet, LlmConfig, MaybeSecret, OnTimeout, Role, Secret,
-    ServerConfig, Service, StepDef, StepKind, Webhook, Workflow, is_loopback_host,
+    GateStep, HistoryConfig, HttpStep, IpNet, LlmConfig, MIN_SECRET_BYTES, MaybeSecret, OnTimeout,
+    Role, Secret, ServerConfig, Service, StepDef, StepKind, Webhook, Workflow, is_loopback_host,
+    signing_key,
 };
 use crate::node::Loc;
 use crate::raw::{
@@ -978,6 +979,34 @@ impl Validator<'_> {
         out
     }
 
+    /// Warns about a webhook secret that gives a short signing key, or a
+    /// `whsec_` secret that is not base64 (it is then used as plain text).
+    fn secret_strength(&mut self, path: &str, secret: &Spanned<String>) {
+        use base64::Engine as _;
+        let text = secret.value.as_str();
+        if let Some(b64) = text.strip_prefix("whsec_")
+            && base64::engine::general_purpose::STANDARD.decode(b64).is_err()
+        {
+            self.warning(
+                Check::Schema,
+                secret.loc,
+                format!(
+                    "`{path}.secret`: starts with `whsec_` but the rest is not base64, so the whole text is the signing key; receivers using a Standard Webhooks library will not verify it"
+                ),
+            );
+        }
+        let bytes = signing_key(text).len();
+        if bytes < MIN_SECRET_BYTES {
+            self.warning(
+                Check::Schema,
+                secret.loc,
+                format!(
+                    "`{path}.secret`: the signing key is {bytes} bytes; use at least {MIN_SECRET_BYTES} random bytes (e.g. `whsec_` and 32 bytes in base64)"
+                ),
+            );
+        }
+    }
+
     fn webhook(&mut self, index: usize, raw: Spanned<RawWebhook>) -> Option<Webhook> {
         let path = format!("webhooks[{index}]");
         let loc = raw.loc;
@@ -1028,10 +1057,14 @@ impl Validator<'_> {
             false,
             defaults::WEBHOOK_RETRY_DELAY_SECS,
         );
+        let secret = raw.secret.filter(|s| !s.value.is_empty());
+        if let Some(secret) = &secret {
+            self.secret_strength(&path, secret);
+        }
         Some(Webhook {
             url: url?,
             events,
-            secret: raw.secret.filter(|s| !s.value.is_empty()).map(|s| Secret::new(s.value)),
+            secret: secret.map(|s| Secret::new(s.value)),
             max_attempts,
             retry_delay,
         })

@@ -144,7 +144,8 @@ impl EngineBuilder {
         };
         let bus = Arc::new(EventBus::new(self.bus_capacity, self.config.event_log_size()));
         let ledger = Ledger::new(Arc::clone(&self.history), bus, runs_dir.clone())
-            .map_err(|e| Error::io(&runs_dir, e))?;
+            .map_err(|e| Error::io(&runs_dir, e))?
+            .with_outbox(Arc::new(crate::webhook::Outbox::new(self.config.webhooks())));
         let (deadlines, armed) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner::new(
             self.config,
@@ -159,6 +160,8 @@ impl EngineBuilder {
         crate::gate::start_timers(&inner, armed);
         // Removes the folders of runs retention deletes (see `folder`).
         crate::folder::sweep(&inner);
+        // Delivers the webhook outbox (see `webhook`).
+        crate::dispatch::spawn(&inner);
         Ok(Engine { inner })
     }
 }
@@ -340,6 +343,17 @@ impl Engine {
     /// still being written out waits for the next time.
     pub async fn remove_pruned_runs(&self) -> Result<usize> {
         self.inner.remove_pruned_runs().await
+    }
+
+    /// Queues a webhook delivery again (any status): pending, due now, with
+    /// a fresh attempt count and the same event (`webhook-id`).
+    ///
+    /// Fails with `DeliveryNotFound` for an unknown id.
+    pub async fn redeliver(&self, delivery_id: &str) -> aegis_history::Result<()> {
+        let write = Write::Redeliver(delivery_id.to_owned(), jiff::Timestamp::now());
+        self.inner.history.commit(vec![write]).await?;
+        self.inner.ledger.outbox().wake_all();
+        Ok(())
     }
 
     /// How many runs wait for a slot right now.

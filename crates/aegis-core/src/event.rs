@@ -298,13 +298,21 @@ pub struct WorkflowCompleted {
 /// `webhook.failed` data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WebhookFailed {
-    /// The webhook URL (credentials redacted).
+    /// The webhook's position in the configuration's `webhooks` list.
+    pub webhook: u32,
+    /// The webhook URL, without credentials.
     pub url: String,
+    /// The delivery that gave up (see `GET /api/webhooks/deliveries`).
+    pub delivery_id: String,
     /// The event that could not be delivered.
     pub event_id: String,
+    /// Its type.
+    pub event_type: String,
     /// Attempts made.
     pub attempts: u32,
-    /// The last error.
+    /// The status code of the last attempt, when the receiver answered.
+    pub status_code: Option<u16>,
+    /// What went wrong on the last attempt.
     pub error: String,
 }
 

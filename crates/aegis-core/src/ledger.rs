@@ -36,6 +36,7 @@ use serde_json::Value;
 
 use crate::bus::EventBus;
 use crate::event::{Event, EventData, SCHEMA_VERSION};
+use crate::webhook::Outbox;
 
 /// The name of a run's event log in its folder.
 pub(crate) const EVENTS_FILE: &str = "events.jsonl";
@@ -88,6 +89,8 @@ pub(crate) struct Ledger {
     runs_dir: PathBuf,
     cells: Mutex<HashMap<RunId, Arc<Cell>>>,
     writer: Writer,
+    /// The webhooks: each commit writes the deliveries of its events.
+    outbox: Arc<Outbox>,
 }
 
 impl Ledger {
@@ -96,7 +99,45 @@ impl Ledger {
         bus: Arc<EventBus>,
         runs_dir: PathBuf,
     ) -> std::io::Result<Self> {
-        Ok(Self { history, bus, runs_dir, cells: Mutex::default(), writer: Writer::start()? })
+        let outbox = Arc::new(Outbox::new(&[]));
+        Ok(Self {
+            history,
+            bus,
+            runs_dir,
+            cells: Mutex::default(),
+            writer: Writer::start()?,
+            outbox,
+        })
+    }
+
+    /// Writes webhook deliveries with every committed event.
+    pub(crate) fn with_outbox(mut self, outbox: Arc<Outbox>) -> Self {
+        self.outbox = outbox;
+        self
+    }
+
+    pub(crate) fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Commits a change to a run that may not be executing in this process
+    /// (a webhook gave up on one of its events): through the run's cell when
+    /// it has one, else through a cell that is not kept, so that nothing of
+    /// the run stays in memory afterwards.
+    pub(crate) async fn commit_detached(
+        &self,
+        run: &RunRef,
+        writes: Vec<Write>,
+        events: Vec<EventData>,
+    ) -> aegis_history::Result<Vec<Arc<Event>>> {
+        let existing = lock(&self.cells).get(&run.id).cloned();
+        let cell = existing.unwrap_or_else(|| {
+            Arc::new(Cell {
+                seq: tokio::sync::Mutex::new(None),
+                log: Arc::new(RunLog::new(run.id.as_str(), self.file(&run.id))),
+            })
+        });
+        self.commit_in(&cell, run, writes, events).await
     }
 
     pub(crate) fn bus(&self) -> &Arc<EventBus> {
@@ -167,8 +208,11 @@ impl Ledger {
             let built = build(run, last, &events);
             let mut all = writes.clone();
             all.extend(built.iter().map(|(_, record)| Write::AppendEvent(record.clone())));
+            let deliveries = self.outbox.deliveries(built.iter().map(|(_, record)| record));
+            all.extend(deliveries.iter().cloned());
             match self.history.commit(all).await {
                 Ok(()) => {
+                    self.outbox.committed(&deliveries);
                     *seq = Some(last + built.len() as u64);
                     let mut lines = Vec::new();
                     let mut published = Vec::with_capacity(built.len());

@@ -124,6 +124,7 @@
 mod artifact;
 mod bus;
 mod cancel;
+mod dispatch;
 mod engine;
 mod error;
 mod event;
@@ -142,6 +143,7 @@ mod steps;
 mod summary;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod webhook;
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): internal
 /// parsers that have no public API of their own. Not part of the stable API.

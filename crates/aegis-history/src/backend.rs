@@ -7,6 +7,7 @@ use crate::model::{
     EventRecord, GateDecision, ListQuery, NewRun, Page, PendingGate, RunDetail, RunId, RunRecord,
     RunUpdate, StepRecord, Write,
 };
+use crate::outbox::{Delivery, DeliveryClaim, DeliveryPage, DeliveryQuery, DeliveryStatus};
 
 /// Durable history of runs, shared as `Arc<dyn HistoryBackend>` by the
 /// engine, the API and embedders.
@@ -153,6 +154,37 @@ pub trait HistoryBackend: Send + Sync + std::fmt::Debug {
         let _ = run_ids;
         Ok(())
     }
+
+    /// Claims up to `claim.limit` of one webhook's pending deliveries that
+    /// are due at `claim.now` and not claimed (or whose claim lapsed),
+    /// earliest due first, and marks them claimed until `claim.until`.
+    /// A delivery is claimed by one caller at a time; recording an attempt
+    /// ([`Write::RecordDeliveryAttempt`]) releases it. A store shared by
+    /// several processes claims with `FOR UPDATE SKIP LOCKED` or the like.
+    async fn claim_deliveries(&self, claim: &DeliveryClaim) -> Result<Vec<Delivery>>;
+
+    /// Releases every claim on pending deliveries, so they are claimable at
+    /// once; returns how many. For a store one process uses, called when it
+    /// starts: claims of a process that died are then not waited out. (A
+    /// store shared by several processes releases only the claims of an
+    /// instance whose lease lapsed.)
+    async fn release_delivery_claims(&self) -> Result<u64>;
+
+    /// When the earliest pending delivery of `webhook` becomes claimable:
+    /// its due time, or its claim's end if later. `None` when none is pending.
+    async fn next_delivery_due(&self, webhook: u32) -> Result<Option<jiff::Timestamp>>;
+
+    /// The delivery log, newest first, with every attempt of each delivery.
+    /// Fails with `InvalidCursor` for a cursor this store did not produce.
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage>;
+
+    /// How many deliveries each webhook has in each status, by webhook.
+    async fn delivery_counts(&self) -> Result<Vec<(u32, DeliveryStatus, u64)>>;
+
+    /// Deletes delivered deliveries (and their attempts) whose last attempt
+    /// was before `before`. Pending, failed and gone ones stay. Returns how
+    /// many were deleted.
+    async fn prune_deliveries(&self, before: jiff::Timestamp) -> Result<u64>;
 
     /// Checks that the store answers (for `/health/ready`).
     async fn ping(&self) -> Result<()>;

@@ -28,6 +28,10 @@ use crate::{
     HistoryOptions, ListQuery, MAX_PAGE_SIZE, NewRun, PendingGate, Result, RunDetail, RunId,
     RunRecord, RunStatus, RunUpdate, StepRecord, StepStatus, Transition, Trigger, Write,
 };
+use crate::{
+    Delivery, DeliveryAttempt, DeliveryClaim, DeliveryOutcome, DeliveryQuery, DeliveryResult,
+    DeliveryStatus, NewDelivery,
+};
 
 /// Opens the backend under test.
 #[async_trait]
@@ -64,6 +68,11 @@ macro_rules! conformance_tests {
             concurrent_transitions_one_winner,
             recovery_query,
             persistence_across_reopen,
+            outbox_claim_and_complete,
+            outbox_retry_scheduling,
+            outbox_redeliver,
+            outbox_log_and_retention,
+            outbox_commits_with_its_event,
         );
     };
     (@each $store:expr; $($check:ident),+ $(,)?) => {
@@ -1034,5 +1043,309 @@ pub async fn concurrent_transitions_one_winner(mut store: impl Store) {
         let detail = history.get_run(&run.id).await.unwrap().unwrap();
         assert_eq!(detail.run.status, winners[0]);
         assert_eq!(history.events(&run.id, 0, 10).await.unwrap().len(), 1);
+    }
+}
+
+/// A delivery of event `seq` of run `run` to webhook `webhook`, due at `secs`.
+pub fn delivery(id: &str, run: &RunId, seq: u64, webhook: u32, secs: i64) -> NewDelivery {
+    NewDelivery {
+        id: id.to_owned(),
+        webhook,
+        event_id: format!("{run}-{seq}"),
+        run_id: run.clone(),
+        event_type: "step.completed".to_owned(),
+        envelope: format!("{{\"seq\":{seq},\"run_id\":\"{run}\"}}"),
+        created_at: ts(secs),
+    }
+}
+
+/// Creates run `run` with events `1..=n`, each with one delivery `"{run}-d{seq}"`
+/// to `webhook`, due at `seq` seconds.
+async fn run_with_deliveries(history: &dyn HistoryBackend, run: &str, n: u64, webhook: u32) {
+    let new = new_run(run, "nightly", 0);
+    let mut writes = vec![Write::CreateRun(new.clone())];
+    for seq in 1..=n {
+        writes.push(Write::AppendEvent(event(&new.id, seq)));
+        writes.push(Write::EnqueueDelivery(delivery(
+            &format!("{run}-d{seq}"),
+            &new.id,
+            seq,
+            webhook,
+            seq as i64,
+        )));
+    }
+    history.commit(writes).await.unwrap();
+}
+
+fn claim(webhook: u32, now: i64, until: i64, limit: u32) -> DeliveryClaim {
+    DeliveryClaim { webhook, now: ts(now), until: ts(until), limit }
+}
+
+fn delivery_ids(deliveries: &[Delivery]) -> Vec<&str> {
+    deliveries.iter().map(|d| d.id.as_str()).collect()
+}
+
+fn result(id: &str, attempt: u32, secs: i64, outcome: DeliveryOutcome) -> Write {
+    Write::RecordDeliveryAttempt(DeliveryResult {
+        id: id.to_owned(),
+        attempt: DeliveryAttempt {
+            attempt,
+            at: ts(secs),
+            status_code: Some(500),
+            error: Some("status 500".to_owned()),
+            duration_ms: 7,
+        },
+        outcome,
+    })
+}
+
+async fn one(history: &dyn HistoryBackend, id: &str) -> crate::DeliveryDetail {
+    let page = history
+        .list_deliveries(&DeliveryQuery { limit: MAX_PAGE_SIZE, ..DeliveryQuery::default() })
+        .await
+        .unwrap();
+    page.deliveries.into_iter().find(|d| d.delivery.id == id).unwrap()
+}
+
+/// Claims take one webhook's due deliveries, earliest first, at most the
+/// limit, each by one claimant until its lease lapses; recording an attempt
+/// completes a delivery and keeps the attempt.
+pub async fn outbox_claim_and_complete(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    run_with_deliveries(&*history, "o1", 3, 0).await;
+    run_with_deliveries(&*history, "o2", 1, 1).await;
+    // Not due yet: nothing.
+    assert!(history.claim_deliveries(&claim(0, 0, 100, 10)).await.unwrap().is_empty());
+    assert_eq!(history.next_delivery_due(0).await.unwrap(), Some(ts(1)));
+    assert_eq!(history.next_delivery_due(7).await.unwrap(), None);
+    let first = history.claim_deliveries(&claim(0, 10, 100, 2)).await.unwrap();
+    assert_eq!(delivery_ids(&first), vec!["o1-d1", "o1-d2"]);
+    assert_eq!(first[0].envelope, event(&RunId::new("o1"), 1).envelope);
+    assert_eq!(first[0].status, DeliveryStatus::Pending);
+    assert_eq!(first[0].next_attempt_at, Some(ts(1)));
+    let second = history.claim_deliveries(&claim(0, 10, 100, 10)).await.unwrap();
+    assert_eq!(delivery_ids(&second), vec!["o1-d3"]);
+    // Everything is claimed now; the other webhook's delivery is its own.
+    assert!(history.claim_deliveries(&claim(0, 10, 100, 10)).await.unwrap().is_empty());
+    assert_eq!(history.next_delivery_due(0).await.unwrap(), Some(ts(100)));
+    // Releasing the claims makes them claimable at once (a restart).
+    assert_eq!(history.release_delivery_claims().await.unwrap(), 3);
+    assert_eq!(history.next_delivery_due(0).await.unwrap(), Some(ts(1)));
+    assert_eq!(history.claim_deliveries(&claim(0, 10, 100, 10)).await.unwrap().len(), 3);
+    assert_eq!(
+        delivery_ids(&history.claim_deliveries(&claim(1, 10, 100, 10)).await.unwrap()),
+        vec!["o2-d1"]
+    );
+    // One completes; the lease of the others lapses and they are claimable again.
+    history.commit(vec![result("o1-d1", 1, 11, DeliveryOutcome::Delivered)]).await.unwrap();
+    let again = history.claim_deliveries(&claim(0, 100, 200, 10)).await.unwrap();
+    assert_eq!(delivery_ids(&again), vec!["o1-d2", "o1-d3"]);
+    let done = one(&*history, "o1-d1").await;
+    assert_eq!(done.delivery.status, DeliveryStatus::Delivered);
+    assert_eq!(done.delivery.attempt_count, 1);
+    assert_eq!(done.delivery.next_attempt_at, None);
+    assert_eq!(done.attempts.len(), 1);
+    assert_eq!(done.attempts[0].status_code, Some(500));
+    assert_eq!(done.attempts[0].duration_ms, 7);
+    assert_eq!(done.attempts[0].at, ts(11));
+    // Unknown deliveries are refused.
+    assert!(matches!(
+        history.commit(vec![result("nope", 1, 1, DeliveryOutcome::Delivered)]).await,
+        Err(Error::DeliveryNotFound { .. })
+    ));
+}
+
+/// A retry is due at the time it names and not before; gone and failed
+/// deliveries are never claimed again.
+pub async fn outbox_retry_scheduling(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    run_with_deliveries(&*history, "r1", 3, 0).await;
+    assert_eq!(history.claim_deliveries(&claim(0, 5, 6, 10)).await.unwrap().len(), 3);
+    history
+        .commit(vec![
+            result("r1-d1", 1, 5, DeliveryOutcome::Retry { at: ts(20) }),
+            result("r1-d2", 1, 5, DeliveryOutcome::Gone),
+            result("r1-d3", 1, 5, DeliveryOutcome::Failed),
+        ])
+        .await
+        .unwrap();
+    // The claim is released by the record: only the retry's time counts.
+    assert_eq!(history.next_delivery_due(0).await.unwrap(), Some(ts(20)));
+    assert!(history.claim_deliveries(&claim(0, 19, 30, 10)).await.unwrap().is_empty());
+    let due = history.claim_deliveries(&claim(0, 20, 30, 10)).await.unwrap();
+    assert_eq!(delivery_ids(&due), vec!["r1-d1"]);
+    assert_eq!(due[0].attempt_count, 1);
+    assert_eq!(due[0].next_attempt_at, Some(ts(20)));
+    history
+        .commit(vec![result("r1-d1", 2, 21, DeliveryOutcome::Retry { at: ts(40) })])
+        .await
+        .unwrap();
+    let d1 = one(&*history, "r1-d1").await;
+    assert_eq!(d1.delivery.status, DeliveryStatus::Pending);
+    assert_eq!(d1.delivery.attempt_count, 2);
+    assert_eq!(d1.delivery.next_attempt_at, Some(ts(40)));
+    assert_eq!(
+        d1.attempts.iter().map(|a| (a.attempt, a.at)).collect::<Vec<_>>(),
+        vec![(1, ts(5)), (2, ts(21))]
+    );
+    assert_eq!(one(&*history, "r1-d2").await.delivery.status, DeliveryStatus::Gone);
+    assert_eq!(one(&*history, "r1-d3").await.delivery.status, DeliveryStatus::Failed);
+    assert!(history.claim_deliveries(&claim(0, 1000, 1001, 10)).await.unwrap().len() == 1);
+}
+
+/// Redelivering makes any delivery pending again, due at once, with a fresh
+/// attempt count and its id; its earlier attempts stay in the log.
+pub async fn outbox_redeliver(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    run_with_deliveries(&*history, "x1", 2, 0).await;
+    history.claim_deliveries(&claim(0, 5, 6, 10)).await.unwrap();
+    history
+        .commit(vec![
+            result("x1-d1", 1, 5, DeliveryOutcome::Failed),
+            result("x1-d2", 1, 5, DeliveryOutcome::Delivered),
+        ])
+        .await
+        .unwrap();
+    history
+        .commit(vec![
+            Write::Redeliver("x1-d1".to_owned(), ts(50)),
+            Write::Redeliver("x1-d2".to_owned(), ts(50)),
+        ])
+        .await
+        .unwrap();
+    for id in ["x1-d1", "x1-d2"] {
+        let d = one(&*history, id).await;
+        assert_eq!(d.delivery.status, DeliveryStatus::Pending, "{id}");
+        assert_eq!(d.delivery.attempt_count, 0, "{id}");
+        assert_eq!(d.delivery.next_attempt_at, Some(ts(50)), "{id}");
+        assert_eq!(d.attempts.len(), 1, "{id}");
+    }
+    let due = history.claim_deliveries(&claim(0, 50, 60, 10)).await.unwrap();
+    assert_eq!(delivery_ids(&due), vec!["x1-d1", "x1-d2"]);
+    assert_eq!(due[0].event_id, "x1-1");
+    assert!(matches!(
+        history.commit(vec![Write::Redeliver("nope".to_owned(), ts(1))]).await,
+        Err(Error::DeliveryNotFound { .. })
+    ));
+}
+
+/// The log lists newest first with its filters, each delivery once across
+/// pages; retention deletes delivered rows older than the cut-off only.
+pub async fn outbox_log_and_retention(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    run_with_deliveries(&*history, "g1", 3, 0).await;
+    run_with_deliveries(&*history, "g2", 2, 1).await;
+    let all = |query: DeliveryQuery| {
+        let history = Arc::clone(&history);
+        async move {
+            let mut query = DeliveryQuery { limit: 2, ..query };
+            let mut out = Vec::new();
+            loop {
+                let page = history.list_deliveries(&query).await.unwrap();
+                out.extend(page.deliveries.into_iter().map(|d| d.delivery.id));
+                match page.next_cursor {
+                    Some(cursor) => query.cursor = Some(cursor),
+                    None => return out,
+                }
+            }
+        }
+    };
+    assert_eq!(
+        all(DeliveryQuery::default()).await,
+        vec!["g2-d2", "g2-d1", "g1-d3", "g1-d2", "g1-d1"]
+    );
+    assert_eq!(
+        all(DeliveryQuery { webhook: Some(1), ..DeliveryQuery::default() }).await,
+        vec!["g2-d2", "g2-d1"]
+    );
+    assert_eq!(
+        all(DeliveryQuery { run_id: Some(RunId::new("g1")), ..DeliveryQuery::default() }).await,
+        vec!["g1-d3", "g1-d2", "g1-d1"]
+    );
+    history.claim_deliveries(&claim(0, 10, 11, 10)).await.unwrap();
+    history
+        .commit(vec![
+            result("g1-d1", 1, 10, DeliveryOutcome::Delivered),
+            result("g1-d2", 1, 20, DeliveryOutcome::Delivered),
+            result("g1-d3", 1, 10, DeliveryOutcome::Failed),
+        ])
+        .await
+        .unwrap();
+    let delivered =
+        DeliveryQuery { status: Some(DeliveryStatus::Delivered), ..DeliveryQuery::default() };
+    assert_eq!(all(delivered.clone()).await, vec!["g1-d2", "g1-d1"]);
+    let counts = history.delivery_counts().await.unwrap();
+    assert!(counts.contains(&(0, DeliveryStatus::Delivered, 2)), "{counts:?}");
+    assert!(counts.contains(&(0, DeliveryStatus::Failed, 1)), "{counts:?}");
+    assert!(counts.contains(&(1, DeliveryStatus::Pending, 2)), "{counts:?}");
+    assert!(matches!(
+        history
+            .list_deliveries(&DeliveryQuery {
+                limit: 1,
+                cursor: Some("zz".to_owned()),
+                ..DeliveryQuery::default()
+            })
+            .await,
+        Err(Error::InvalidCursor { .. })
+    ));
+    // Retention: only the delivered row older than the cut-off goes.
+    assert_eq!(history.prune_deliveries(ts(15)).await.unwrap(), 1);
+    assert_eq!(all(delivered).await, vec!["g1-d2"]);
+    assert_eq!(all(DeliveryQuery::default()).await.len(), 4);
+    // Retention of runs leaves their deliveries (each keeps its envelope).
+    assert_eq!(
+        one(&*history, "g1-d3").await.delivery.envelope,
+        event(&RunId::new("g1"), 3).envelope
+    );
+}
+
+/// A delivery commits with its event or not at all, and survives a reopen.
+pub async fn outbox_commits_with_its_event(mut store: impl Store) {
+    let history = store.open(HistoryOptions::default()).await.unwrap();
+    let run = new_run("e1", "nightly", 0);
+    // The event's transaction fails: its delivery is not recorded.
+    let failed = history
+        .commit(vec![
+            Write::CreateRun(run.clone()),
+            Write::AppendEvent(event(&run.id, 1)),
+            Write::EnqueueDelivery(delivery("e1-d1", &run.id, 1, 0, 1)),
+            Write::AppendEvent(event(&run.id, 3)),
+        ])
+        .await;
+    assert!(matches!(failed, Err(Error::SeqConflict { .. })), "{failed:?}");
+    assert!(
+        history
+            .list_deliveries(&DeliveryQuery { limit: 10, ..DeliveryQuery::default() })
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty()
+    );
+    assert_eq!(history.next_delivery_due(0).await.unwrap(), None);
+    // A duplicate delivery fails the transaction: its event is not recorded.
+    history
+        .commit(vec![
+            Write::CreateRun(run.clone()),
+            Write::AppendEvent(event(&run.id, 1)),
+            Write::EnqueueDelivery(delivery("e1-d1", &run.id, 1, 0, 1)),
+        ])
+        .await
+        .unwrap();
+    let duplicate = history
+        .commit(vec![
+            Write::AppendEvent(event(&run.id, 2)),
+            Write::EnqueueDelivery(delivery("e1-d1", &run.id, 2, 0, 2)),
+        ])
+        .await;
+    assert!(matches!(duplicate, Err(Error::DuplicateDelivery { .. })), "{duplicate:?}");
+    assert_eq!(history.last_seq(&run.id).await.unwrap(), 1);
+    let d = one(&*history, "e1-d1").await;
+    assert_eq!(d.delivery.event_id, "e1-1");
+    assert_eq!(d.delivery.status, DeliveryStatus::Pending);
+    if store.is_persistent() {
+        drop(history);
+        let history = store.open(HistoryOptions::default()).await.unwrap();
+        let due = history.claim_deliveries(&claim(0, 5, 6, 10)).await.unwrap();
+        assert_eq!(delivery_ids(&due), vec!["e1-d1"]);
     }
 }

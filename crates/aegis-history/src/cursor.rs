@@ -52,6 +52,42 @@ pub(crate) fn decode(cursor: &str) -> Result<Position> {
     Ok(Position { created_at, id: RunId::new(id) })
 }
 
+/// Version tag of delivery-log cursors.
+const DELIVERY_PREFIX: &str = "d1:";
+
+/// Encodes the position of the last delivery of a page (its store sequence).
+pub(crate) fn encode_seq(seq: u64) -> String {
+    hex(&format!("{DELIVERY_PREFIX}{seq}"))
+}
+
+/// Decodes a cursor produced by [`encode_seq`].
+pub(crate) fn decode_seq(cursor: &str) -> Result<u64> {
+    let invalid = || Error::InvalidCursor { cursor: cursor.to_owned() };
+    let plain = unhex(cursor).ok_or_else(invalid)?;
+    plain.strip_prefix(DELIVERY_PREFIX).and_then(|n| n.parse().ok()).ok_or_else(invalid)
+}
+
+fn hex(plain: &str) -> String {
+    let mut out = String::with_capacity(plain.len() * 2);
+    for byte in plain.bytes() {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+fn unhex(cursor: &str) -> Option<String> {
+    let hex = cursor.as_bytes();
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(hex.len() / 2);
+    for pair in hex.chunks_exact(2) {
+        bytes.push(nibble(pair[0])? << 4 | nibble(pair[1])?);
+    }
+    String::from_utf8(bytes).ok()
+}
+
 fn nibble(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -70,6 +106,14 @@ mod tests {
         let id = RunId::new("0190a3b4-7c1d-7e2f-8a9b-0c1d2e3f4a5b");
         let cursor = encode(at, &id);
         assert_eq!(decode(&cursor).unwrap(), Position { created_at: at, id });
+    }
+
+    #[test]
+    fn delivery_cursors_round_trip() {
+        assert_eq!(decode_seq(&encode_seq(42)).unwrap(), 42);
+        let run_cursor = encode(Timestamp::UNIX_EPOCH, &RunId::new("r"));
+        assert!(decode_seq(&run_cursor).is_err());
+        assert!(decode_seq("zz").is_err());
     }
 
     #[test]

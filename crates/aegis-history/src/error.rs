@@ -137,6 +137,20 @@ pub enum Error {
         run_id: String,
     },
 
+    /// A webhook delivery with this id already exists.
+    #[error("webhook delivery {id} already exists")]
+    DuplicateDelivery {
+        /// The delivery id.
+        id: String,
+    },
+
+    /// No webhook delivery with this id exists.
+    #[error("webhook delivery {id} not found")]
+    DeliveryNotFound {
+        /// The delivery id.
+        id: String,
+    },
+
     /// No run with this id exists.
     #[error("run {run_id} not found")]
     RunNotFound {

@@ -31,6 +31,7 @@ mod error;
 mod memory;
 mod model;
 mod options;
+mod outbox;
 #[cfg(feature = "test-support")]
 pub mod seed;
 mod sqlite;
@@ -44,4 +45,8 @@ pub use model::{
     StepStatus, Transition, Trigger, Write,
 };
 pub use options::{Durability, HistoryOptions};
+pub use outbox::{
+    Delivery, DeliveryAttempt, DeliveryClaim, DeliveryDetail, DeliveryOutcome, DeliveryPage,
+    DeliveryQuery, DeliveryResult, DeliveryStatus, NewDelivery,
+};
 pub use sqlite::{SCHEMA_VERSION, SqliteHistory};

@@ -14,6 +14,10 @@ use crate::model::{
     RunDetail, RunId, RunRecord, RunUpdate, StepRecord, StepStatus, Transition, Write,
 };
 use crate::options::HistoryOptions;
+use crate::outbox::{
+    Delivery, DeliveryClaim, DeliveryDetail, DeliveryOutcome, DeliveryPage, DeliveryQuery,
+    DeliveryStatus,
+};
 
 /// A history that lives as long as the process: for tests, `aegis-cli`
 /// dry runs and embedders that do not want a file.
@@ -32,6 +36,115 @@ struct State {
     pending: BTreeMap<(RunId, String), PendingGate>,
     /// Runs retention deleted, oldest deletion first (`pruned_runs`).
     pruned: Vec<RunId>,
+    /// The webhook outbox.
+    outbox: Outbox,
+}
+
+/// Deliveries by the order they were enqueued in (the log's order).
+#[derive(Debug, Default)]
+struct Outbox {
+    rows: BTreeMap<u64, OutboxRow>,
+    ids: HashMap<String, u64>,
+    last_seq: u64,
+}
+
+#[derive(Debug, Clone)]
+struct OutboxRow {
+    delivery: Delivery,
+    claimed_until: Option<Timestamp>,
+    updated_at: Timestamp,
+    attempts: Vec<crate::outbox::DeliveryAttempt>,
+}
+
+impl Outbox {
+    /// Checks that every outbox write of a transaction will apply, so that
+    /// they can be applied after the others without a way to fail.
+    fn check(&self, writes: &[Write]) -> Result<()> {
+        let mut added = BTreeSet::new();
+        for write in writes {
+            match write {
+                Write::EnqueueDelivery(new)
+                    if self.ids.contains_key(&new.id) || !added.insert(new.id.as_str()) =>
+                {
+                    return Err(Error::DuplicateDelivery { id: new.id.clone() });
+                }
+                Write::RecordDeliveryAttempt(result) => self.known(&result.id, &added)?,
+                Write::Redeliver(id, _) => self.known(id, &added)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn known(&self, id: &str, added: &BTreeSet<&str>) -> Result<()> {
+        if self.ids.contains_key(id) || added.contains(id) {
+            Ok(())
+        } else {
+            Err(Error::DeliveryNotFound { id: id.to_owned() })
+        }
+    }
+
+    /// Applies a checked outbox write.
+    fn apply(&mut self, write: Write) {
+        match write {
+            Write::EnqueueDelivery(new) => {
+                self.last_seq += 1;
+                self.ids.insert(new.id.clone(), self.last_seq);
+                let row = OutboxRow {
+                    delivery: Delivery {
+                        id: new.id,
+                        webhook: new.webhook,
+                        event_id: new.event_id,
+                        run_id: new.run_id,
+                        event_type: new.event_type,
+                        envelope: new.envelope,
+                        status: DeliveryStatus::Pending,
+                        attempt_count: 0,
+                        next_attempt_at: Some(new.created_at),
+                        created_at: new.created_at,
+                    },
+                    claimed_until: None,
+                    updated_at: new.created_at,
+                    attempts: Vec::new(),
+                };
+                self.rows.insert(self.last_seq, row);
+            }
+            Write::RecordDeliveryAttempt(result) => {
+                let Some(row) = self.ids.get(&result.id).and_then(|seq| self.rows.get_mut(seq))
+                else {
+                    return;
+                };
+                let d = &mut row.delivery;
+                d.attempt_count = result.attempt.attempt;
+                (d.status, d.next_attempt_at) = match result.outcome {
+                    DeliveryOutcome::Delivered => (DeliveryStatus::Delivered, None),
+                    DeliveryOutcome::Retry { at } => (DeliveryStatus::Pending, Some(at)),
+                    DeliveryOutcome::Gone => (DeliveryStatus::Gone, None),
+                    DeliveryOutcome::Failed => (DeliveryStatus::Failed, None),
+                };
+                row.claimed_until = None;
+                row.updated_at = result.attempt.at;
+                row.attempts.push(result.attempt);
+            }
+            Write::Redeliver(id, at) => {
+                let Some(row) = self.ids.get(&id).and_then(|seq| self.rows.get_mut(seq)) else {
+                    return;
+                };
+                row.delivery.status = DeliveryStatus::Pending;
+                row.delivery.attempt_count = 0;
+                row.delivery.next_attempt_at = Some(at);
+                row.claimed_until = None;
+                row.updated_at = at;
+            }
+            _ => {}
+        }
+    }
+
+    /// When a pending row may be claimed.
+    fn claimable_at(row: &OutboxRow) -> Option<Timestamp> {
+        let due = row.delivery.next_attempt_at?;
+        Some(row.claimed_until.map_or(due, |until| due.max(until)))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -176,11 +289,20 @@ impl State {
                 self.decide_gate(&run_id, &decision).map(|()| None)
             }
             Write::CloseSteps(run_id, close) => self.close_steps(&run_id, &close).map(|()| None),
+            outbox => {
+                self.outbox.apply(outbox);
+                Ok(None)
+            }
         }
     }
 
     /// Applies every write or, when one fails, none.
     fn commit(&mut self, writes: Vec<Write>, keep: u32) -> Result<()> {
+        // Outbox writes touch no run: checked first and applied last, once
+        // the others have all applied.
+        self.outbox.check(&writes)?;
+        let (outbox, writes): (Vec<Write>, Vec<Write>) =
+            writes.into_iter().partition(Write::is_outbox);
         let mut touched: Vec<RunId> = writes.iter().filter_map(run_of).cloned().collect();
         touched.sort();
         touched.dedup();
@@ -204,6 +326,9 @@ impl State {
         }
         for workflow in finished {
             self.prune(&workflow, keep);
+        }
+        for write in outbox {
+            self.outbox.apply(write);
         }
         Ok(())
     }
@@ -408,6 +533,114 @@ impl HistoryBackend for InMemoryHistory {
         Ok(())
     }
 
+    async fn claim_deliveries(&self, claim: &DeliveryClaim) -> Result<Vec<Delivery>> {
+        let mut state = self.state();
+        let mut due: Vec<(Timestamp, u64)> = state
+            .outbox
+            .rows
+            .iter()
+            .filter(|(_, row)| {
+                row.delivery.webhook == claim.webhook
+                    && row.delivery.status == DeliveryStatus::Pending
+                    && Outbox::claimable_at(row).is_some_and(|at| at <= claim.now)
+            })
+            .filter_map(|(seq, row)| row.delivery.next_attempt_at.map(|at| (at, *seq)))
+            .collect();
+        due.sort();
+        due.truncate(claim.limit as usize);
+        let mut claimed = Vec::with_capacity(due.len());
+        for (_, seq) in due {
+            if let Some(row) = state.outbox.rows.get_mut(&seq) {
+                row.claimed_until = Some(claim.until);
+                claimed.push(row.delivery.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn release_delivery_claims(&self) -> Result<u64> {
+        let mut state = self.state();
+        let mut released = 0;
+        for row in state.outbox.rows.values_mut() {
+            if row.delivery.status == DeliveryStatus::Pending && row.claimed_until.take().is_some()
+            {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
+    async fn next_delivery_due(&self, webhook: u32) -> Result<Option<Timestamp>> {
+        let state = self.state();
+        Ok(state
+            .outbox
+            .rows
+            .values()
+            .filter(|row| {
+                row.delivery.webhook == webhook && row.delivery.status == DeliveryStatus::Pending
+            })
+            .filter_map(Outbox::claimable_at)
+            .min())
+    }
+
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage> {
+        let before = query.cursor.as_deref().map(cursor::decode_seq).transpose()?;
+        let limit = query.limit.min(MAX_PAGE_SIZE) as usize;
+        if limit == 0 {
+            return Ok(DeliveryPage { deliveries: Vec::new(), next_cursor: None });
+        }
+        let state = self.state();
+        let mut deliveries = Vec::with_capacity(limit);
+        let mut last = None;
+        let mut more = false;
+        for (seq, row) in state.outbox.rows.range(..before.unwrap_or(u64::MAX)).rev() {
+            let d = &row.delivery;
+            if query.status.is_some_and(|s| s != d.status)
+                || query.webhook.is_some_and(|w| w != d.webhook)
+                || query.run_id.as_ref().is_some_and(|r| *r != d.run_id)
+            {
+                continue;
+            }
+            if deliveries.len() == limit {
+                more = true;
+                break;
+            }
+            last = Some(*seq);
+            deliveries.push(DeliveryDetail { delivery: d.clone(), attempts: row.attempts.clone() });
+        }
+        let next_cursor = last.filter(|_| more).map(cursor::encode_seq);
+        Ok(DeliveryPage { deliveries, next_cursor })
+    }
+
+    async fn delivery_counts(&self) -> Result<Vec<(u32, DeliveryStatus, u64)>> {
+        let state = self.state();
+        let mut counts: BTreeMap<(u32, &'static str), (DeliveryStatus, u64)> = BTreeMap::new();
+        for row in state.outbox.rows.values() {
+            let d = &row.delivery;
+            counts.entry((d.webhook, d.status.as_str())).or_insert((d.status, 0)).1 += 1;
+        }
+        Ok(counts.into_iter().map(|((webhook, _), (status, n))| (webhook, status, n)).collect())
+    }
+
+    async fn prune_deliveries(&self, before: Timestamp) -> Result<u64> {
+        let mut state = self.state();
+        let doomed: Vec<u64> = state
+            .outbox
+            .rows
+            .iter()
+            .filter(|(_, row)| {
+                row.delivery.status == DeliveryStatus::Delivered && row.updated_at < before
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in &doomed {
+            if let Some(row) = state.outbox.rows.remove(seq) {
+                state.outbox.ids.remove(&row.delivery.id);
+            }
+        }
+        Ok(doomed.len() as u64)
+    }
+
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
@@ -424,5 +657,6 @@ fn run_of(write: &Write) -> Option<&RunId> {
         | Write::CloseSteps(run_id, _) => Some(run_id),
         Write::AddPendingGate(gate) => Some(&gate.run_id),
         Write::AppendEvent(event) => Some(&event.run_id),
+        Write::EnqueueDelivery(_) | Write::RecordDeliveryAttempt(_) | Write::Redeliver(..) => None,
     }
 }

@@ -92,6 +92,8 @@ macro_rules! text_enum {
     };
 }
 
+pub(crate) use text_enum;
+
 text_enum! {
     /// Where a run is in its life.
     RunStatus, "run status" {
@@ -210,6 +212,28 @@ pub enum Write {
     /// Closes every step of the run still recorded `running` (a cancel or
     /// an interruption ends the step that was executing).
     CloseSteps(RunId, CloseSteps),
+    /// Adds a webhook delivery to the outbox, pending and due at its
+    /// `created_at`. Committed with the event it carries, so a committed
+    /// event always has its deliveries. Fails with `DuplicateDelivery` when
+    /// the id exists.
+    EnqueueDelivery(crate::outbox::NewDelivery),
+    /// Records an attempt of a delivery and its outcome, releasing the
+    /// delivery's claim. Fails with `DeliveryNotFound` for an unknown id.
+    RecordDeliveryAttempt(crate::outbox::DeliveryResult),
+    /// Makes a delivery pending again, due at the given time, with a fresh
+    /// attempt count (its earlier attempts stay in the log). Fails with
+    /// `DeliveryNotFound` for an unknown id.
+    Redeliver(String, Timestamp),
+}
+
+impl Write {
+    /// Whether the write is to the webhook outbox (it touches no run).
+    pub fn is_outbox(&self) -> bool {
+        matches!(
+            self,
+            Write::EnqueueDelivery(_) | Write::RecordDeliveryAttempt(_) | Write::Redeliver(..)
+        )
+    }
 }
 
 /// A compare-and-set on a run's status (see [`Write::Transition`]).

@@ -238,3 +238,91 @@ pub struct RunPage {
     /// Pass back as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
+
+/// One attempt of a webhook delivery.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct DeliveryAttempt {
+    /// 1 for the first attempt (from 1 again after a redelivery).
+    pub attempt: u32,
+    /// When the request was sent (RFC 3339).
+    pub at: String,
+    /// The receiver's status code; null when it did not answer.
+    pub status_code: Option<u16>,
+    /// Why the attempt failed; null when it succeeded.
+    pub error: Option<String>,
+    /// How long the attempt took.
+    pub duration_ms: u64,
+}
+
+/// A webhook delivery: one event for one webhook, with every attempt.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Delivery {
+    /// The delivery id (for redelivery).
+    pub id: String,
+    /// The webhook's position in the configuration's `webhooks` list.
+    pub webhook: u32,
+    /// The webhook URL, without credentials.
+    pub url: String,
+    /// The event delivered (sent as `webhook-id`).
+    pub event_id: String,
+    /// Its type.
+    pub event_type: String,
+    /// The run it belongs to.
+    pub run_id: String,
+    /// `pending`, `delivered`, `failed` or `gone`.
+    pub status: String,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<DeliveryAttempt>,
+    /// When the next attempt is due (RFC 3339); null unless pending.
+    pub next_attempt_at: Option<String>,
+}
+
+impl Delivery {
+    /// The delivery as shown, with its webhook's URL as shown.
+    pub fn from_detail(detail: &aegis_history::DeliveryDetail, url: String) -> Delivery {
+        let d = &detail.delivery;
+        Delivery {
+            id: d.id.clone(),
+            webhook: d.webhook,
+            url,
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            run_id: d.run_id.to_string(),
+            status: d.status.as_str().to_owned(),
+            attempts: detail
+                .attempts
+                .iter()
+                .map(|a| DeliveryAttempt {
+                    attempt: a.attempt,
+                    at: a.at.to_string(),
+                    status_code: a.status_code,
+                    error: a.error.clone(),
+                    duration_ms: a.duration_ms,
+                })
+                .collect(),
+            next_attempt_at: time(d.next_attempt_at),
+        }
+    }
+}
+
+/// One page of the delivery log, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct DeliveryPage {
+    /// The deliveries.
+    pub deliveries: Vec<Delivery>,
+    /// Pass back as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The answer to a redelivery: the delivery is queued again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Redelivery {
+    /// The delivery id.
+    pub id: String,
+    /// `pending`.
+    pub status: String,
+}

@@ -19,3 +19,4 @@ mod server_metrics;
 mod server_openapi;
 mod server_surface;
 mod support;
+mod webhooks;

@@ -9,6 +9,7 @@ pub(crate) mod history;
 pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod status;
+pub(crate) mod webhooks;
 
 use std::path::PathBuf;
 

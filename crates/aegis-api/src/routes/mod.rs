@@ -9,4 +9,5 @@ pub(crate) mod index;
 pub(crate) mod portfolio;
 pub(crate) mod runs;
 pub(crate) mod services;
+pub(crate) mod webhooks;
 pub(crate) mod workflows;

@@ -9,3 +9,4 @@ mod errors;
 mod gates;
 mod health;
 mod runs;
+mod webhooks;

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aegis_core::{Engine, RunOptions};
 use aegis_history::{
-    EventRecord, GateDecision, HistoryBackend, InMemoryHistory, ListQuery, NewRun, Page,
-    PendingGate, Result, RunDetail, RunId, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger,
-    UnfinishedRuns, Write,
+    Delivery, DeliveryClaim, DeliveryPage, DeliveryQuery, DeliveryStatus, EventRecord,
+    GateDecision, HistoryBackend, InMemoryHistory, ListQuery, NewRun, Page, PendingGate, Result,
+    RunDetail, RunId, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger, UnfinishedRuns, Write,
 };
 
 use crate::common::load;
@@ -82,6 +82,27 @@ impl HistoryBackend for Counting {
     async fn apply_retention(&self) -> Result<u64> {
         self.wrote();
         self.inner.apply_retention().await
+    }
+    async fn claim_deliveries(&self, claim: &DeliveryClaim) -> Result<Vec<Delivery>> {
+        self.wrote();
+        self.inner.claim_deliveries(claim).await
+    }
+    async fn release_delivery_claims(&self) -> Result<u64> {
+        self.wrote();
+        self.inner.release_delivery_claims().await
+    }
+    async fn next_delivery_due(&self, webhook: u32) -> Result<Option<jiff::Timestamp>> {
+        self.inner.next_delivery_due(webhook).await
+    }
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage> {
+        self.inner.list_deliveries(query).await
+    }
+    async fn delivery_counts(&self) -> Result<Vec<(u32, DeliveryStatus, u64)>> {
+        self.inner.delivery_counts().await
+    }
+    async fn prune_deliveries(&self, before: jiff::Timestamp) -> Result<u64> {
+        self.wrote();
+        self.inner.prune_deliveries(before).await
     }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await

@@ -6,6 +6,7 @@
 //! proceed while a batch commits.
 
 mod codec;
+mod outbox;
 mod read;
 mod schema;
 mod writer;
@@ -212,6 +213,19 @@ impl SqliteHistory {
             outcomes.push(answer.await.unwrap_or(Err(Error::Closed)));
         }
         outcomes
+    }
+
+    /// Runs `f` on the write connection on the blocking pool, between two
+    /// of the committer's batches (the connection's lock orders them).
+    async fn on_write_conn<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.write_conn);
+        tokio::task::spawn_blocking(move || f(&mut lock(&conn)))
+            .await
+            .map_err(|source| Error::Task { source })?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -436,6 +450,38 @@ impl HistoryBackend for SqliteHistory {
         .map_err(|source| Error::Task { source })?
     }
 
+    async fn claim_deliveries(
+        &self,
+        claim: &crate::outbox::DeliveryClaim,
+    ) -> Result<Vec<crate::outbox::Delivery>> {
+        let claim = claim.clone();
+        self.on_write_conn(move |conn| outbox::claim(conn, &claim)).await
+    }
+
+    async fn release_delivery_claims(&self) -> Result<u64> {
+        self.on_write_conn(outbox::release).await
+    }
+
+    async fn next_delivery_due(&self, webhook: u32) -> Result<Option<jiff::Timestamp>> {
+        self.read(move |conn| outbox::next_due(conn, webhook)).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        query: &crate::outbox::DeliveryQuery,
+    ) -> Result<crate::outbox::DeliveryPage> {
+        let query = query.clone();
+        self.read(move |conn| outbox::list(conn, &query)).await
+    }
+
+    async fn delivery_counts(&self) -> Result<Vec<(u32, crate::outbox::DeliveryStatus, u64)>> {
+        self.read(outbox::counts).await
+    }
+
+    async fn prune_deliveries(&self, before: jiff::Timestamp) -> Result<u64> {
+        self.on_write_conn(move |conn| outbox::prune(conn, before)).await
+    }
+
     async fn ping(&self) -> Result<()> {
         self.read(read::ping).await
     }
@@ -485,6 +531,27 @@ mod tests {
                 );
                 assert!(!plan.contains("TEMP B-TREE"), "{sql}\nsorts:\n{plan}");
             }
+        }
+    }
+
+    /// The dispatcher's claim and due-time queries search an index on one
+    /// webhook's pending rows, never scan the whole outbox (which keeps
+    /// delivered rows).
+    #[test]
+    fn outbox_scans_use_the_pending_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        for sql in [
+            "SELECT seq FROM deliveries WHERE webhook = 1 AND status = 'pending' \
+             AND next_attempt_at <= 5 AND (claimed_until IS NULL OR claimed_until <= 5) \
+             ORDER BY next_attempt_at, seq LIMIT 16",
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, 0))) FROM deliveries \
+             WHERE webhook = 1 AND status = 'pending'",
+        ] {
+            let plan = plan(&conn, sql);
+            assert!(plan.contains("SEARCH deliveries USING"), "{sql}\n{plan}");
+            assert!(!plan.contains("SCAN deliveries"), "{sql}\n{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}\nsorts:\n{plan}");
         }
     }
 

@@ -106,6 +106,45 @@ CREATE TRIGGER runs_pruned AFTER DELETE ON runs BEGIN
     INSERT OR IGNORE INTO pruned_runs (id) VALUES (OLD.id);
 END;
 ",
+    // 4: the webhook outbox. A delivery row per (event, webhook), written in
+    // the transaction of its event; `seq` orders the delivery log. Rows
+    // outlive their run (retention of runs leaves them), so each keeps a
+    // copy of the envelope it sends.
+    r"
+CREATE TABLE deliveries (
+    seq             INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL UNIQUE,
+    webhook         INTEGER NOT NULL,
+    event_id        TEXT NOT NULL,
+    run_id          TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    envelope        TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempt_count   INTEGER NOT NULL,
+    next_attempt_at INTEGER,
+    claimed_until   INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+-- The dispatcher's scan: one webhook's pending rows, earliest due first.
+CREATE INDEX deliveries_due ON deliveries (webhook, next_attempt_at, seq)
+    WHERE status = 'pending';
+-- The delivery log's filters, newest first.
+CREATE INDEX deliveries_by_status ON deliveries (status, seq);
+CREATE INDEX deliveries_by_webhook ON deliveries (webhook, status, seq);
+CREATE INDEX deliveries_by_run ON deliveries (run_id, seq);
+
+CREATE TABLE delivery_attempts (
+    delivery    INTEGER NOT NULL REFERENCES deliveries (seq) ON DELETE CASCADE,
+    n           INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    status_code INTEGER,
+    error       TEXT,
+    duration_ms INTEGER NOT NULL,
+    PRIMARY KEY (delivery, n)
+) WITHOUT ROWID;
+",
 ];
 
 /// The schema version this build writes; a file with a higher

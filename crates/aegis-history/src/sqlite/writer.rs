@@ -42,6 +42,8 @@ pub(crate) enum Op {
     CloseSteps(RunId, CloseSteps),
     /// Writes that commit together or not at all (`HistoryBackend::commit`).
     Atomic(Vec<Op>),
+    /// A write to the webhook outbox (see `sqlite::outbox`).
+    Outbox(Write),
     ApplyRetention,
 }
 
@@ -56,6 +58,7 @@ impl From<Write> for Op {
             Write::AppendEvent(event) => Op::AppendEvent(event),
             Write::DecideGate(run_id, decision) => Op::RecordGateDecision(run_id, decision),
             Write::CloseSteps(run_id, close) => Op::CloseSteps(run_id, close),
+            outbox => Op::Outbox(outbox),
         }
     }
 }
@@ -296,7 +299,7 @@ fn fail_all(commands: impl Iterator<Item = Command>, e: rusqlite::Error) {
     }
 }
 
-fn write_err(e: rusqlite::Error) -> Error {
+pub(crate) fn write_err(e: rusqlite::Error) -> Error {
     Error::Write { source: Arc::new(e) }
 }
 
@@ -322,6 +325,7 @@ fn apply(conn: &Connection, op: &Op, keep: u32) -> Result<u64> {
             Ok(total)
         }
         Op::ApplyRetention => apply_retention(conn, keep),
+        Op::Outbox(write) => crate::sqlite::outbox::apply(conn, write),
     }
 }
 

@@ -1,0 +1,301 @@
+//! The webhook outbox on SQLite: writes applied in the committer's
+//! transactions, claims and pruning on the write connection, and the
+//! delivery log's reads.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::cursor;
+use crate::error::{Error, Result};
+use crate::model::{MAX_PAGE_SIZE, RunId, Write};
+use crate::outbox::{
+    Delivery, DeliveryAttempt, DeliveryClaim, DeliveryDetail, DeliveryOutcome, DeliveryPage,
+    DeliveryQuery, DeliveryStatus,
+};
+use crate::sqlite::codec::{
+    ms_from_sql, ms_to_sql, opt_ts_from_sql, query_err, ts_from_sql, ts_to_sql, u32_from_sql,
+};
+use crate::sqlite::writer::write_err;
+
+/// Columns of `deliveries` in the order [`delivery_from_row`] reads them.
+const COLUMNS: &str = "seq, id, webhook, event_id, run_id, event_type, envelope, status, \
+                       attempt_count, next_attempt_at, created_at";
+
+/// Applies one outbox write inside the committer's transaction.
+pub(crate) fn apply(conn: &Connection, write: &Write) -> Result<u64> {
+    match write {
+        Write::EnqueueDelivery(new) => {
+            let at = ts_to_sql(new.created_at)?;
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO deliveries (id, webhook, event_id, run_id, event_type, envelope, \
+                     status, attempt_count, next_attempt_at, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7)",
+                )
+                .map_err(write_err)?
+                .execute(params![
+                    new.id,
+                    new.webhook,
+                    new.event_id,
+                    new.run_id.as_str(),
+                    new.event_type,
+                    new.envelope,
+                    at,
+                ]);
+            match inserted {
+                Ok(_) => Ok(0),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(Error::DuplicateDelivery { id: new.id.clone() })
+                }
+                Err(e) => Err(write_err(e)),
+            }
+        }
+        Write::RecordDeliveryAttempt(result) => {
+            let (status, next) = match result.outcome {
+                DeliveryOutcome::Delivered => (DeliveryStatus::Delivered, None),
+                DeliveryOutcome::Retry { at } => (DeliveryStatus::Pending, Some(ts_to_sql(at)?)),
+                DeliveryOutcome::Gone => (DeliveryStatus::Gone, None),
+                DeliveryOutcome::Failed => (DeliveryStatus::Failed, None),
+            };
+            let attempt = &result.attempt;
+            let at = ts_to_sql(attempt.at)?;
+            let seq: Option<i64> = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = ?2, attempt_count = ?3, next_attempt_at = ?4, \
+                     claimed_until = NULL, updated_at = ?5 WHERE id = ?1 RETURNING seq",
+                )
+                .map_err(write_err)?
+                .query_row(params![result.id, status.as_str(), attempt.attempt, next, at], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(write_err)?;
+            let Some(seq) = seq else {
+                return Err(Error::DeliveryNotFound { id: result.id.clone() });
+            };
+            conn.prepare_cached(
+                "INSERT INTO delivery_attempts (delivery, n, attempt, at, status_code, error, \
+                 duration_ms) SELECT ?1, COALESCE(MAX(n), 0) + 1, ?2, ?3, ?4, ?5, ?6 \
+                 FROM delivery_attempts WHERE delivery = ?1",
+            )
+            .map_err(write_err)?
+            .execute(params![
+                seq,
+                attempt.attempt,
+                at,
+                attempt.status_code,
+                attempt.error,
+                ms_to_sql(attempt.duration_ms),
+            ])
+            .map_err(write_err)?;
+            Ok(0)
+        }
+        Write::Redeliver(id, at) => {
+            let at = ts_to_sql(*at)?;
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', attempt_count = 0, \
+                     next_attempt_at = ?2, claimed_until = NULL, updated_at = ?2 WHERE id = ?1",
+                )
+                .map_err(write_err)?
+                .execute(params![id, at])
+                .map_err(write_err)?;
+            if changed == 0 {
+                return Err(Error::DeliveryNotFound { id: id.clone() });
+            }
+            Ok(0)
+        }
+        _ => Ok(0),
+    }
+}
+
+fn delivery_from_row(row: &Row<'_>) -> Result<(i64, Delivery)> {
+    let get = |e: rusqlite::Error| Error::Query { source: e };
+    let status: String = row.get(7).map_err(get)?;
+    let delivery = Delivery {
+        id: row.get(1).map_err(get)?,
+        webhook: u32_from_sql(row.get(2).map_err(get)?, "webhook index")?,
+        event_id: row.get(3).map_err(get)?,
+        run_id: RunId::new(row.get::<_, String>(4).map_err(get)?),
+        event_type: row.get(5).map_err(get)?,
+        envelope: row.get(6).map_err(get)?,
+        status: status.parse()?,
+        attempt_count: u32_from_sql(row.get(8).map_err(get)?, "attempt count")?,
+        next_attempt_at: opt_ts_from_sql(row.get(9).map_err(get)?)?,
+        created_at: ts_from_sql(row.get(10).map_err(get)?)?,
+    };
+    Ok((row.get(0).map_err(get)?, delivery))
+}
+
+/// Claims due deliveries in one transaction on the write connection.
+pub(crate) fn claim(conn: &mut Connection, claim: &DeliveryClaim) -> Result<Vec<Delivery>> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(write_err)?;
+    let now = ts_to_sql(claim.now)?;
+    let until = ts_to_sql(claim.until)?;
+    let mut claimed = {
+        let sql = format!(
+            "UPDATE deliveries SET claimed_until = ?3 WHERE seq IN (SELECT seq FROM deliveries \
+             WHERE webhook = ?1 AND status = 'pending' AND next_attempt_at <= ?2 \
+             AND (claimed_until IS NULL OR claimed_until <= ?2) \
+             ORDER BY next_attempt_at, seq LIMIT ?4) RETURNING {COLUMNS}"
+        );
+        let mut stmt = tx.prepare_cached(&sql).map_err(write_err)?;
+        let mut rows =
+            stmt.query(params![claim.webhook, now, until, claim.limit]).map_err(write_err)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(write_err)? {
+            out.push(delivery_from_row(row)?);
+        }
+        out
+    };
+    tx.commit().map_err(write_err)?;
+    // RETURNING has no order: earliest due first, then the log's order.
+    claimed.sort_by_key(|(seq, d)| (d.next_attempt_at, *seq));
+    Ok(claimed.into_iter().map(|(_, d)| d).collect())
+}
+
+/// Releases every claim on pending rows.
+pub(crate) fn release(conn: &mut Connection) -> Result<u64> {
+    let released = conn
+        .prepare_cached(
+            "UPDATE deliveries SET claimed_until = NULL \
+             WHERE status = 'pending' AND claimed_until IS NOT NULL",
+        )
+        .map_err(write_err)?
+        .execute([])
+        .map_err(write_err)?;
+    Ok(released as u64)
+}
+
+/// Deletes delivered rows last changed before `before`.
+pub(crate) fn prune(conn: &mut Connection, before: Timestamp) -> Result<u64> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(write_err)?;
+    let deleted = tx
+        .prepare_cached("DELETE FROM deliveries WHERE status = 'delivered' AND updated_at < ?1")
+        .map_err(write_err)?
+        .execute([ts_to_sql(before)?])
+        .map_err(write_err)?;
+    tx.commit().map_err(write_err)?;
+    Ok(deleted as u64)
+}
+
+pub(crate) fn next_due(conn: &Connection, webhook: u32) -> Result<Option<Timestamp>> {
+    let at: Option<i64> = conn
+        .prepare_cached(
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, 0))) FROM deliveries \
+             WHERE webhook = ?1 AND status = 'pending'",
+        )
+        .map_err(query_err)?
+        .query_row([webhook], |row| row.get(0))
+        .map_err(query_err)?;
+    opt_ts_from_sql(at)
+}
+
+pub(crate) fn counts(conn: &Connection) -> Result<Vec<(u32, DeliveryStatus, u64)>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT webhook, status, count(*) FROM deliveries GROUP BY webhook, status \
+             ORDER BY webhook, status",
+        )
+        .map_err(query_err)?;
+    let mut rows = stmt.query([]).map_err(query_err)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(query_err)? {
+        let webhook = u32_from_sql(row.get(0).map_err(query_err)?, "webhook index")?;
+        let status: String = row.get(1).map_err(query_err)?;
+        let n: i64 = row.get(2).map_err(query_err)?;
+        out.push((webhook, status.parse()?, u64::try_from(n).unwrap_or(0)));
+    }
+    Ok(out)
+}
+
+pub(crate) fn list(conn: &Connection, query: &DeliveryQuery) -> Result<DeliveryPage> {
+    let before = query.cursor.as_deref().map(cursor::decode_seq).transpose()?;
+    let limit = query.limit.min(MAX_PAGE_SIZE);
+    if limit == 0 {
+        return Ok(DeliveryPage { deliveries: Vec::new(), next_cursor: None });
+    }
+    let mut clauses = Vec::new();
+    let mut named: Vec<(&str, SqlValue)> = Vec::new();
+    if let Some(status) = query.status {
+        clauses.push("status = :status");
+        named.push((":status", SqlValue::Text(status.as_str().to_owned())));
+    }
+    if let Some(webhook) = query.webhook {
+        clauses.push("webhook = :webhook");
+        named.push((":webhook", SqlValue::Integer(i64::from(webhook))));
+    }
+    if let Some(run_id) = &query.run_id {
+        clauses.push("run_id = :run_id");
+        named.push((":run_id", SqlValue::Text(run_id.as_str().to_owned())));
+    }
+    if let Some(seq) = before {
+        clauses.push("seq < :before");
+        named.push((":before", SqlValue::Integer(i64::try_from(seq).unwrap_or(i64::MAX))));
+    }
+    named.push((":limit", SqlValue::Integer(i64::from(limit) + 1)));
+    let filter =
+        if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+    let sql = format!("SELECT {COLUMNS} FROM deliveries {filter} ORDER BY seq DESC LIMIT :limit");
+    let mut stmt = conn.prepare_cached(&sql).map_err(query_err)?;
+    let params: Vec<(&str, &dyn rusqlite::ToSql)> =
+        named.iter().map(|(k, v)| (*k, v as &dyn rusqlite::ToSql)).collect();
+    let mut rows = stmt.query(params.as_slice()).map_err(query_err)?;
+    let mut found = Vec::new();
+    while let Some(row) = rows.next().map_err(query_err)? {
+        found.push(delivery_from_row(row)?);
+    }
+    let more = found.len() > limit as usize;
+    found.truncate(limit as usize);
+    let next_cursor = match found.last() {
+        Some((seq, _)) if more => Some(cursor::encode_seq(u64::try_from(*seq).unwrap_or(0))),
+        _ => None,
+    };
+    let mut attempts = attempts_of(conn, found.iter().map(|(seq, _)| *seq))?;
+    let deliveries = found
+        .into_iter()
+        .map(|(seq, delivery)| DeliveryDetail {
+            delivery,
+            attempts: attempts.remove(&seq).unwrap_or_default(),
+        })
+        .collect();
+    Ok(DeliveryPage { deliveries, next_cursor })
+}
+
+fn attempts_of(
+    conn: &Connection,
+    seqs: impl Iterator<Item = i64>,
+) -> Result<HashMap<i64, Vec<DeliveryAttempt>>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT attempt, at, status_code, error, duration_ms FROM delivery_attempts \
+             WHERE delivery = ?1 ORDER BY n",
+        )
+        .map_err(query_err)?;
+    let mut out = HashMap::new();
+    for seq in seqs {
+        let mut rows = stmt.query([seq]).map_err(query_err)?;
+        let mut list = Vec::new();
+        while let Some(row) = rows.next().map_err(query_err)? {
+            let code: Option<i64> = row.get(2).map_err(query_err)?;
+            list.push(DeliveryAttempt {
+                attempt: u32_from_sql(row.get(0).map_err(query_err)?, "attempt")?,
+                at: ts_from_sql(row.get(1).map_err(query_err)?)?,
+                status_code: code.and_then(|c| u16::try_from(c).ok()),
+                error: row.get(3).map_err(query_err)?,
+                duration_ms: ms_from_sql(row.get(4).map_err(query_err)?)?,
+            });
+        }
+        out.insert(seq, list);
+    }
+    Ok(out)
+}
