@@ -139,7 +139,7 @@ pub mod fuzzing {
 }
 
 pub use artifact::{Artifact, ArtifactBody, is_artifact_name};
-pub use bus::{EventBus, Received, Subscription};
+pub use bus::{EventBus, RECENT_MAX_BYTES, Received, Subscription, event_size};
 pub use engine::{Engine, EngineBuilder, Recovery, RunHandle, RunOptions, Shutdown};
 pub use error::{Error, Result};
 pub use event::{
