@@ -199,8 +199,10 @@ fn lagged_frame(missed: usize, last_event_id: Option<&str>) -> Bytes {
         "missed": missed,
         "last_event_id": last_event_id,
         "message": format!(
-            "this stream fell more than {MAX_BEHIND} events behind and is closed; \
-             reconnect with Last-Event-ID to resume after the last event received"
+            "this stream fell more than {MAX_BEHIND} events (or {} MiB of them) behind \
+             and is closed; reconnect with Last-Event-ID to resume after the last event \
+             received",
+            MAX_BEHIND_BYTES / (1024 * 1024)
         ),
     });
     Bytes::from(format!("event: lagged\ndata: {data}\n\n"))
@@ -388,10 +390,7 @@ fn parse_global_id(value: &str) -> Result<(String, u64)> {
 /// the recent events published after it, and the last seq replayed per run (to skip
 /// what the bus delivers again). Empty when `after` is no longer among the recent
 /// events; the client is then told so in a comment and goes on live.
-fn global_replay(
-    recent: Vec<Arc<Event>>,
-    after: &(String, u64),
-) -> Option<Replay> {
+fn global_replay(recent: Vec<Arc<Event>>, after: &(String, u64)) -> Option<Replay> {
     let at = recent.iter().position(|e| e.run_id == after.0 && e.seq == after.1)?;
     let mut seen: HashMap<String, u64> = HashMap::new();
     for event in &recent {
@@ -498,4 +497,85 @@ pub(crate) async fn global_stream(
     let (tx, rx) = mpsc::channel(64);
     actix_web::rt::spawn(follow_all(sub, resume, missing, tx, state.streams_closed()));
     Ok(sse_response(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use serde_json::Value;
+
+    fn event(run_id: &str, seq: u64, data: Value) -> Arc<Event> {
+        Arc::new(Event {
+            schema_version: "1.0".to_owned(),
+            id: format!("{run_id}-{seq}"),
+            seq,
+            event_type: "step.completed".to_owned(),
+            time: jiff::Timestamp::UNIX_EPOCH,
+            run_id: run_id.to_owned(),
+            workflow: "ci".to_owned(),
+            request_id: None,
+            data,
+        })
+    }
+
+    #[test]
+    fn a_client_is_too_far_behind_past_1000_events_or_32_mib() {
+        let mut pending = Pending::default();
+        for seq in 1..=MAX_BEHIND as u64 {
+            pending.push(event("r", seq, Value::Null));
+        }
+        assert!(!pending.too_far_behind());
+        pending.push(event("r", 1001, Value::Null));
+        assert!(pending.too_far_behind());
+        assert_eq!(pending.pop().map(|e| e.seq), Some(1));
+        assert!(!pending.too_far_behind());
+
+        // One event larger than the byte bound alone is not behind; two are.
+        let big = Value::String("x".repeat(MAX_BEHIND_BYTES));
+        let mut pending = Pending::default();
+        pending.push(event("r", 1, big.clone()));
+        assert!(!pending.too_far_behind());
+        pending.push(event("r", 2, Value::Null));
+        assert!(pending.too_far_behind());
+        while pending.pop().is_some() {}
+        assert_eq!((pending.len(), pending.bytes), (0, 0));
+    }
+
+    #[test]
+    fn the_lagged_frame_names_what_was_missed_and_where_to_resume() {
+        let frame = lagged_frame(1234, Some("56"));
+        let text = String::from_utf8_lossy(&frame);
+        let data = text
+            .strip_prefix("event: lagged\ndata: ")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .unwrap_or_else(|| panic!("not a lagged frame: {text:?}"));
+        let data: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+        assert_eq!(data["missed"], 1234);
+        assert_eq!(data["last_event_id"], "56");
+        assert!(!text.contains("\nid:"), "a lagged frame must not move Last-Event-ID");
+        let none = lagged_frame(3, None);
+        assert!(String::from_utf8_lossy(&none).contains("\"last_event_id\":null"));
+    }
+
+    #[test]
+    fn the_global_stream_resumes_after_a_recent_event_or_says_it_cannot() {
+        assert_eq!(parse_global_id("run-1/7").ok(), Some(("run-1".to_owned(), 7)));
+        for bad in ["7", "/7", "run-1/", "run-1/x"] {
+            assert!(parse_global_id(bad).is_err(), "{bad:?}");
+        }
+        let recent = vec![
+            event("a", 1, Value::Null),
+            event("b", 1, Value::Null),
+            event("a", 2, Value::Null),
+        ];
+        let (replay, seen) =
+            global_replay(recent.clone(), &("b".to_owned(), 1)).unwrap_or_default();
+        assert_eq!(
+            replay.iter().map(|e| (e.run_id.as_str(), e.seq)).collect::<Vec<_>>(),
+            [("a", 2)]
+        );
+        assert_eq!((seen.get("a"), seen.get("b")), (Some(&2), Some(&1)));
+        assert!(global_replay(recent, &("c".to_owned(), 1)).is_none());
+    }
 }
