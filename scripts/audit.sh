@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The dependency audit: `cargo deny check` (advisories, licences, bans, sources) with
 # deny.toml. Where the RustSec snapshot `../shared/advisory-db` exists (this
-# project's machines, which have no network to fetch the database), it runs offline
-# against the copy scripts/ci-tools.sh prepares from it; elsewhere cargo-deny fetches
-# the current database.
+# project's machines, which have no network to fetch the database; `AEGIS_ADVISORY_DB`
+# names another place), it runs offline against the copy scripts/ci-tools.sh prepares
+# from it; elsewhere cargo-deny fetches the current database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! cargo deny --version >/dev/null 2>&1; then
   bash scripts/ci-tools.sh
 fi
-if [ -d ../shared/advisory-db/crates ]; then
+if [ -d "${AEGIS_ADVISORY_DB:-../shared/advisory-db}/crates" ]; then
   bash scripts/ci-tools.sh
   # cargo metadata must find every crate of the lock file without the network.
   cargo fetch --locked --quiet

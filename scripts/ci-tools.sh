@@ -33,9 +33,11 @@ export AEGIS_DETECT_SECRETS="$PWD/$ci_venv/bin/detect-secrets"
 # cargo-deny reads its advisory database from `db-path` (deny.toml), in a folder
 # named after the database URL, as a git repository whose HEAD commit date is the
 # database's date. Offline, that folder is made once from the RustSec snapshot in
-# ../shared/advisory-db; with the network (GitHub CI) cargo-deny fetches it there.
+# ../shared/advisory-db (next to the repository; `AEGIS_ADVISORY_DB` names another
+# place, e.g. for a git worktree elsewhere); with the network (GitHub CI) cargo-deny
+# fetches it there.
 advisory_db=target/advisory-dbs/advisory-db-3157b0e258782691
-snapshot=../shared/advisory-db
+snapshot=${AEGIS_ADVISORY_DB:-../shared/advisory-db}
 if [ ! -d "$advisory_db/.git" ] && [ -d "$snapshot/crates" ]; then
   echo "preparing the offline advisory database from $snapshot" >&2
   rm -rf "$advisory_db"

@@ -143,6 +143,12 @@ set -e
 [ "$code" -eq 1 ] || fail "without AEGIS_API_KEY the server exited $code, not 1: $(cat "$work/nokey.err")"
 grep -q 'AEGIS_API_KEY' "$work/nokey.err" \
   || fail "without AEGIS_API_KEY the refusal does not name it: $(cat "$work/nokey.err")"
+# The advice fits a container: pass the variable, not a default key written to a file.
+grep -qF -- '-e AEGIS_API_KEY=' "$work/nokey.err" \
+  || fail "without AEGIS_API_KEY the refusal does not say to pass -e AEGIS_API_KEY=: $(cat "$work/nokey.err")"
+if grep -qF ':-default' "$work/nokey.err"; then
+  fail "without AEGIS_API_KEY the refusal suggests writing a default key: $(cat "$work/nokey.err")"
+fi
 echo "without AEGIS_API_KEY: exit 1, $(grep -m1 'AEGIS_API_KEY' "$work/nokey.err")"
 
 # Starts the server in the container in the background; sets `server` to the

@@ -131,20 +131,45 @@ impl Server {
         Server::launch(dir, port, &all, env)
     }
 
+    /// Like [`Server::spawn`], but started through `sh -c "<shell> && exec aegis-server …"`:
+    /// for a limit a test sets with a shell builtin (`ulimit -n 256`) without unsafe code.
+    /// `exec` keeps the pid, so [`Server::pid`] is the server's.
+    pub fn spawn_after_shell(
+        dir: &Path,
+        port: u16,
+        shell: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let port_text = port.to_string();
+        let mut cmd = Command::new("sh");
+        cmd.current_dir(dir).env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.arg("-c")
+            .arg(format!("{shell} && exec \"$0\" \"$@\""))
+            .arg(binary("aegis-server"))
+            .args(["--config", ".aegis.yaml", "--port", port_text.as_str()])
+            .args(args);
+        Server::launch_command(dir, port, cmd, env)
+    }
+
     /// Starts the server with exactly `args`, to be reached on `port`, without waiting.
     pub fn launch(dir: &Path, port: u16, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = aegis_server(dir);
+        cmd.args(args);
+        Server::launch_command(dir, port, cmd, env)
+    }
+
+    fn launch_command(dir: &Path, port: u16, mut cmd: Command, env: &[(&str, &str)]) -> Server {
         let stderr_path = (0..)
             .map(|n| dir.join(format!("server-{n}.stderr")))
             .find(|p| !p.exists())
             .unwrap_or_else(|| dir.join("server.stderr"));
         let stderr = std::fs::File::create(&stderr_path)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", stderr_path.display()));
-        let mut cmd = aegis_server(dir);
-        cmd.args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        cmd.envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot start {cmd:?}: {e}; build the binaries first (`bash scripts/test.sh` does)"

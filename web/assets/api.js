@@ -237,6 +237,9 @@ export function follow(path, { onEvent, onOpen, done }) {
       else if (field === 'data') data.push(value);
     }
     if (data.length === 0) return;
+    // `lagged`: this client fell too far behind and the server closes the stream; the
+    // reconnect below resumes with Last-Event-ID, so nothing is lost and nothing to show.
+    if (type === 'lagged') return;
     let parsed;
     try {
       parsed = JSON.parse(data.join('\n'));

@@ -1,8 +1,10 @@
-//! `${VAR}` and `${VAR:-default}` expansion in every string value.
+//! `${VAR}`, `${VAR:-default}` and `${VAR:?message}` expansion in every string value.
 //!
 //! Expansion runs on the node tree before the schema stage, so a variable may stand for
 //! any scalar (`port: ${PORT:-8000}`) and an unset one is reported at its own line and
-//! column. `$${` writes a literal `${`.
+//! column; `${VAR:?message}` says `message` there instead of suggesting a default (what
+//! a key must say: a default key written into a file is no key). `$${` writes a literal
+//! `${`.
 
 use crate::diagnostic::{Check, Finding};
 use crate::node::{Loc, Node, NodeKind};
@@ -118,20 +120,25 @@ fn expand(
             break;
         };
         let inner: String = chars[i + 2..close].iter().collect();
-        let (name, default) = match inner.split_once(":-") {
-            Some((name, default)) => (name, Some(default)),
-            None => (inner.as_str(), None),
-        };
+        let (name, unset) = split_reference(&inner);
         if !is_var_name(name) {
             problems.push(Problem {
                 offset: start,
                 message: format!("invalid variable reference `${{{inner}}}`: a name is letters, digits and `_`, not starting with a digit"),
             });
         } else {
-            match (env(name), default) {
+            match (env(name), unset) {
                 (Some(value), _) => out.push_str(&value),
-                (None, Some(default)) => out.push_str(default),
-                (None, None) => problems.push(Problem {
+                (None, Unset::Default(default)) => out.push_str(default),
+                (None, Unset::Required(message)) => problems.push(Problem {
+                    offset: start,
+                    message: if message.trim().is_empty() {
+                        format!("environment variable `{name}` is not set")
+                    } else {
+                        format!("environment variable `{name}` is not set: {}", message.trim())
+                    },
+                }),
+                (None, Unset::Unspecified) => problems.push(Problem {
                     offset: start,
                     message: format!("environment variable `{name}` is not set (write `${{{name}:-default}}` to give a default)"),
                 }),
@@ -143,6 +150,30 @@ fn expand(
         return Err(problems);
     }
     Ok(changed.then_some(out))
+}
+
+/// What a reference says to do when its variable is unset.
+enum Unset<'a> {
+    /// `${VAR}`: an error that suggests a default.
+    Unspecified,
+    /// `${VAR:-default}`: use the default.
+    Default(&'a str),
+    /// `${VAR:?message}`: an error that says the message.
+    Required(&'a str),
+}
+
+/// Splits the inside of `${…}` into the name and what to do when it is unset. The
+/// first `:` decides; a name never holds one, so anything else is an invalid name.
+fn split_reference(inner: &str) -> (&str, Unset<'_>) {
+    if let Some((name, rest)) = inner.split_once(':') {
+        if let Some(default) = rest.strip_prefix('-') {
+            return (name, Unset::Default(default));
+        }
+        if let Some(message) = rest.strip_prefix('?') {
+            return (name, Unset::Required(message));
+        }
+    }
+    (inner, Unset::Unspecified)
 }
 
 fn is_var_name(name: &str) -> bool {
@@ -187,6 +218,15 @@ mod tests {
         assert!(err[1].starts_with("11: environment variable `TWO` is not set"));
         assert!(check("${BAD NAME}").unwrap_err()[0].contains("invalid variable reference"));
         assert!(check("x ${OPEN").unwrap_err()[0].contains("unterminated"));
+    }
+
+    #[test]
+    fn a_required_variable_says_its_message_and_suggests_no_default() {
+        assert_eq!(check("${HOME_DIR:?needed}"), Ok(Some("/home/qa".to_owned())));
+        let err = check("k ${KEY:?pass it with -e KEY=...}").unwrap_err();
+        assert_eq!(err, ["2: environment variable `KEY` is not set: pass it with -e KEY=..."]);
+        assert_eq!(check("${KEY:?}").unwrap_err(), ["0: environment variable `KEY` is not set"]);
+        assert!(check("${A:x}").unwrap_err()[0].contains("invalid variable reference"));
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub mod fuzzing {
 
 pub use aegis_history::Attempt;
 pub use artifact::{Artifact, ArtifactBody, is_artifact_name};
-pub use bus::{EventBus, Received, Subscription};
+pub use bus::{EventBus, RECENT_MAX_BYTES, Received, Subscription, event_size};
 pub use engine::{Engine, EngineBuilder, Recovery, RunOptions, Shutdown};
 pub use error::{Error, Result};
 pub use event::{

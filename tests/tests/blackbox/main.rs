@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, reason = "test helpers fail loudly on broken fixtures")]
 
+mod backpressure;
 mod cli_config;
 mod cli_server;
 mod cli_shapes;

@@ -63,6 +63,31 @@ fn a_public_address_needs_allow_external_bind_and_auth() {
     assert!(server.stderr().contains("listening on http://0.0.0.0:"), "{}", server.stderr());
 }
 
+/// The image's own configuration (docker/aegis.yaml) without `AEGIS_API_KEY`: the server
+/// exits 1 naming the variable and saying to pass it with `-e`, not to write a default key
+/// into the file (in a container that file is the image's).
+#[test]
+fn the_image_config_without_a_key_says_to_pass_it_not_to_write_a_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = aegis_tests::workspace_root().join("docker/aegis.yaml");
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    // The image's data folder does not exist here; everything else is as shipped.
+    let yaml = yaml.replace("/app/data", "./data");
+    std::fs::write(dir.path().join(".aegis.yaml"), yaml).unwrap();
+    let port = free_port().to_string();
+    let out = run(aegis_server(dir.path()).args(["--config", ".aegis.yaml", "--port", &port]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "environment variable `AEGIS_API_KEY` is not set: pass the key clients must send \
+             when starting the container: docker run -e AEGIS_API_KEY=<key>"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(":-default"), "{}", out.stderr);
+}
+
 // --- Precedence ------------------------------------------------------------------------
 
 /// Starts the server with exactly `args` and `env` and waits for it on `port`.
