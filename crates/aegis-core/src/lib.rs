@@ -115,9 +115,10 @@
 //! # Modules
 //!
 //! Layers, each using only those below it (a test checks there is no cycle):
-//! `engine` (the public [`Engine`]) → `gate`, `cancel`, `folder` → `run`
-//! (one execution) → `state` (what the parts share) → `ledger`, `lifecycle`,
-//! `summary`, `step`, `http` → `bus`, `event`, `artifact`, `patch`, `limits`.
+//! `engine` (the public [`Engine`]) → `gate`, `cancel`, `folder`, `dispatch`
+//! (webhook delivery) → `run` (one execution) → `state` (what the parts
+//! share) → `ledger`, `lifecycle`, `summary`, `step`, `http` → `webhook` (the
+//! outbox rows and signatures), `bus`, `event`, `artifact`, `patch`, `limits`.
 
 #![warn(missing_docs)]
 
