@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 if ! cargo deny --version >/dev/null 2>&1; then
   bash scripts/ci-tools.sh
 fi
-if [ -d "${AEGIS_ADVISORY_DB:-../shared/advisory-db}/crates" ]; then
-  bash scripts/ci-tools.sh
+source scripts/advisory-db.sh
+if [ -d "$snapshot/crates" ]; then
+  AEGIS_ADVISORY_DB="$snapshot" bash scripts/ci-tools.sh
   # cargo metadata must find every crate of the lock file without the network.
   cargo fetch --locked --quiet
   cargo deny --offline check

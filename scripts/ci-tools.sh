@@ -37,7 +37,7 @@ export AEGIS_DETECT_SECRETS="$PWD/$ci_venv/bin/detect-secrets"
 # place, e.g. for a git worktree elsewhere); with the network (GitHub CI) cargo-deny
 # fetches it there.
 advisory_db=target/advisory-dbs/advisory-db-3157b0e258782691
-snapshot=${AEGIS_ADVISORY_DB:-../shared/advisory-db}
+source scripts/advisory-db.sh
 if [ ! -d "$advisory_db/.git" ] && [ -d "$snapshot/crates" ]; then
   echo "preparing the offline advisory database from $snapshot" >&2
   rm -rf "$advisory_db"
