@@ -431,13 +431,26 @@ class DashboardTest(unittest.TestCase):
         page = self.open_browser(server.url + "/")
         page.goto(f"{server.url}/runs/{run_id}")
         page.locator('#timeline [data-step="review"][data-status="waiting"]').wait_for()
-        # Parallel steps sit side by side in one batch.
+        # Parallel steps sit side by side in one batch (once the workflow's
+        # definition, which says which steps are parallel, has loaded).
         batch = page.locator("#timeline .batch")
+        batch.wait_for()
         self.assertEqual(batch.count(), 1)
         self.assertEqual(batch.locator("[data-step]").evaluate_all("els => els.map(e => e.dataset.step)"), ["left", "right"])
-        left, right = (batch.locator(f'[data-step="{s}"]').bounding_box() for s in ("left", "right"))
-        self.assertEqual(left["y"], right["y"])
-        self.assertLess(left["x"], right["x"])
+        # Side by side: the same top, left before right. Read in the page in one
+        # go, and waited for: the page re-renders its timeline as the replayed
+        # events arrive, and a box read between two renders is of a card
+        # already replaced.
+        page.wait_for_function(
+            """() => {
+                const batch = document.querySelector("#timeline .batch");
+                const box = (id) => batch && batch.querySelector(`[data-step="${id}"]`)?.getBoundingClientRect();
+                const left = box("left"), right = box("right");
+                return Boolean(left && right && left.width > 0 && right.width > 0
+                    && left.y === right.y && left.x < right.x);
+            }""",
+            timeout=10_000,
+        )
         self.assertEqual(page.locator('#timeline [data-step="after"]').get_attribute("data-status"), "pending")
         self.no_reload_marker(page)
         # Decided elsewhere: the page follows without a reload.
