@@ -64,7 +64,8 @@ enum Readers {
 /// also survives power loss at the cost of one fsync per batch.
 ///
 /// Dropping it stops the checkpoint thread, waiting for a checkpoint in
-/// progress to end.
+/// progress to end, and waits for the last commit's driver to let go of the
+/// write connection, so the database file is closed when the drop returns.
 #[derive(Debug)]
 pub struct SqliteHistory {
     location: PathBuf,
@@ -256,8 +257,26 @@ impl Drop for SqliteHistory {
         {
             log::error!("history checkpoint thread panicked");
         }
+        // A commit's driver (or a task on the write connection) that has
+        // answered its caller may still be on its way out, holding the write
+        // connection. Wait for it, briefly, so that once the store is dropped
+        // the database is closed, its WAL folded back into the file: whoever
+        // opens the file next sees it whole.
+        // At rest the connection is held here, by the committer and, for
+        // `:memory:`, by the readers.
+        let at_rest = 2 + usize::from(matches!(self.readers, Readers::Shared(_)));
+        let deadline = std::time::Instant::now() + CLOSE_WAIT;
+        while (Arc::strong_count(&self.committer) > 1
+            || Arc::strong_count(&self.write_conn) > at_rest)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
+
+/// How long dropping the store waits for a commit in its last moments.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Refuses a non-empty file that does not start like an SQLite database,
 /// before SQLite can touch it.
