@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::Duration;
 
+use aegis_api::{RequestLine, RequestLog};
 use log::kv::{Key, Value, VisitSource};
 use log::{Level, Log, Metadata, Record};
 
@@ -111,13 +112,13 @@ impl Line {
     }
 
     /// Appends the line, newline included, in `format`.
-    fn write_to(&self, format: LogFormat, out: &mut String) {
+    fn write_to(&self, format: LogFormat, clock: &mut Clock, out: &mut String) {
         match format {
             LogFormat::Text => {
                 let _ = write!(
                     out,
                     "[{} {:<5} {}] {}",
-                    self.time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    clock.text(self.time),
                     self.level,
                     self.target,
                     self.message
@@ -142,9 +143,85 @@ impl Line {
     }
 }
 
+/// A request line of `aegis-api`, as it was answered, and when.
+struct Request {
+    time: jiff::Timestamp,
+    line: RequestLine,
+}
+
+impl Request {
+    /// Appends the line, newline included, in `format`: the same line the `log`
+    /// crate's path would write for it.
+    fn write_to(&self, format: LogFormat, clock: &mut Clock, out: &mut String) {
+        let line = &self.line;
+        match format {
+            LogFormat::Text => {
+                let _ = write!(out, "[{} INFO  {REQUEST_TARGET}] ", clock.text(self.time));
+                line.write_message(out);
+                let _ = write!(
+                    out,
+                    " method={} path={} status={} duration_ms={} request_id={} client=",
+                    line.method,
+                    line.path,
+                    line.status,
+                    line.duration_ms(),
+                    line.request_id
+                );
+                if let Some(client) = line.client {
+                    let _ = write!(out, "{client}");
+                }
+            }
+            LogFormat::Json => {
+                let mut message = String::with_capacity(64);
+                line.write_message(&mut message);
+                let object = serde_json::json!({
+                    "time": self.time.to_string(),
+                    "level": "info",
+                    "target": REQUEST_TARGET,
+                    "message": message,
+                    "method": line.method.as_str(),
+                    "path": line.path,
+                    "status": line.status,
+                    "duration_ms": line.duration_ms(),
+                    "request_id": line.request_id,
+                    "client": line.client_text(),
+                });
+                let _ = write!(out, "{object}");
+            }
+        }
+        out.push('\n');
+    }
+}
+
+/// The text format's timestamp, formatted once per second rather than once per line.
+struct Clock {
+    second: Option<i64>,
+    text: String,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock { second: None, text: String::new() }
+    }
+
+    fn text(&mut self, time: jiff::Timestamp) -> &str {
+        let second = time.as_second();
+        if self.second != Some(second) {
+            self.text.clear();
+            let _ = write!(self.text, "{}", time.strftime("%Y-%m-%dT%H:%M:%SZ"));
+            self.second = Some(second);
+        }
+        &self.text
+    }
+}
+
+/// The target request lines are logged under (and filtered by).
+const REQUEST_TARGET: &str = "aegis::request";
+
 /// What the writer thread receives.
 enum Message {
     Line(Box<Line>),
+    Request(Box<Request>),
     /// Write everything before this, then answer.
     Flush(mpsc::Sender<()>),
 }
@@ -185,6 +262,30 @@ impl Log for ChannelLogger {
     }
 }
 
+/// Hands `aegis-api`'s request lines to the writer as they are: the worker that
+/// answered copies nothing and formats nothing. Full channel: dropped and counted, like
+/// any line.
+#[derive(Clone)]
+pub(crate) struct RequestSink {
+    tx: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl RequestLog for RequestSink {
+    fn request(&self, line: RequestLine) {
+        let request = Box::new(Request { time: jiff::Timestamp::now(), line });
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Message::Request(request)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ChannelLogger {
+    fn request_sink(&self) -> RequestSink {
+        RequestSink { tx: self.tx.clone(), dropped: Arc::clone(&self.dropped) }
+    }
+}
+
 /// The writer thread: formats and writes lines in batches, flushing when the channel
 /// is empty, and reports dropped lines.
 fn write_lines(
@@ -195,6 +296,7 @@ fn write_lines(
 ) {
     let mut out = std::io::BufWriter::with_capacity(BUFFER_BYTES, sink);
     let mut text = String::with_capacity(512);
+    let mut clock = Clock::new();
     let mut acks = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -204,7 +306,14 @@ fn write_lines(
             match message {
                 Message::Line(line) => {
                     text.clear();
-                    line.write_to(format, &mut text);
+                    line.write_to(format, &mut clock, &mut text);
+                    if out.write_all(text.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                Message::Request(request) => {
+                    text.clear();
+                    request.write_to(format, &mut clock, &mut text);
                     if out.write_all(text.as_bytes()).is_err() {
                         return;
                     }
@@ -223,7 +332,7 @@ fn write_lines(
                 fields: vec![("dropped".to_owned(), Field::U64(lost))],
             };
             text.clear();
-            line.write_to(format, &mut text);
+            line.write_to(format, &mut clock, &mut text);
             let _ = out.write_all(text.as_bytes());
         }
         let _ = out.flush();
@@ -257,17 +366,19 @@ fn logger(
     Ok(ChannelLogger { filter, tx, dropped })
 }
 
-/// Starts logging to stderr.
-pub(crate) fn init(filter: &str, format: LogFormat) {
+/// Starts logging to stderr. Returns where the app's request lines should go: the same
+/// writer, by a shorter path (none when logging could not start, or had started).
+pub(crate) fn init(filter: &str, format: LogFormat) -> Option<RequestSink> {
     let Ok(logger) = logger(filter, format, CAPACITY, Box::new(std::io::stderr())) else {
         eprintln!("aegis-server: cannot start the log writer thread; logging is off");
-        return;
+        return None;
     };
     let max = logger.filter.filter();
+    let sink = logger.request_sink();
     // A second initialisation keeps the first logger.
-    if log::set_boxed_logger(Box::new(logger)).is_ok() {
-        log::set_max_level(max);
-    }
+    log::set_boxed_logger(Box::new(logger)).ok()?;
+    log::set_max_level(max);
+    Some(sink)
 }
 
 /// Waits until every line logged so far is written.
@@ -392,5 +503,103 @@ mod tests {
         assert_eq!(lines[0]["status"], 200);
         assert_eq!(lines[0]["request_id"], "abc");
         assert!(lines[0]["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{text}");
+    }
+
+    fn answered(status: u16, duration_us: u64) -> RequestLine {
+        RequestLine {
+            method: actix_web::http::Method::POST,
+            path: "/api/workflows/smoke/run".to_owned(),
+            status,
+            duration_us,
+            request_id: "req-1".to_owned(),
+            client: Some("10.1.2.3".parse().unwrap()),
+        }
+    }
+
+    /// What the `log` crate's path writes for a request line (`aegis-api` without a sink).
+    fn log_as_record(logger: &ChannelLogger, line: &RequestLine) {
+        let mut message = String::new();
+        line.write_message(&mut message);
+        let client = line.client_text();
+        let kvs: [(&str, Value<'_>); 6] = [
+            ("method", Value::from(line.method.as_str())),
+            ("path", Value::from(line.path.as_str())),
+            ("status", Value::from(line.status)),
+            ("duration_ms", Value::from(line.duration_ms())),
+            ("request_id", Value::from(line.request_id.as_str())),
+            ("client", Value::from(client.as_str())),
+        ];
+        logger.log(
+            &Record::builder()
+                .level(Level::Info)
+                .target(REQUEST_TARGET)
+                .args(format_args!("{message}"))
+                .key_values(&kvs)
+                .build(),
+        );
+    }
+
+    /// Each line without its timestamp, which differs between the two paths.
+    fn untimed(text: &str) -> Vec<String> {
+        text.lines().map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).to_owned()).collect()
+    }
+
+    #[test]
+    fn request_lines_through_the_sink_read_as_they_would_through_the_log_crate() {
+        for (status, us) in [(202, 1_234), (500, 49), (200, 12_345_678)] {
+            let sink = Gated::new();
+            sink.open();
+            let logger = logger("info", LogFormat::Text, 16, Box::new(sink.clone())).unwrap();
+            logger.request_sink().request(answered(status, us));
+            log_as_record(&logger, &answered(status, us));
+            logger.flush();
+            let lines = untimed(&sink.text());
+            assert_eq!(lines.len(), 2, "{lines:?}");
+            assert_eq!(lines[0], lines[1]);
+        }
+        let sink = Gated::new();
+        sink.open();
+        let logger = logger("info", LogFormat::Text, 16, Box::new(sink.clone())).unwrap();
+        logger.request_sink().request(answered(202, 1_250));
+        logger.flush();
+        assert_eq!(
+            untimed(&sink.text()),
+            ["INFO  aegis::request] POST /api/workflows/smoke/run 202 1.3ms method=POST \
+              path=/api/workflows/smoke/run status=202 duration_ms=1.25 request_id=req-1 \
+              client=10.1.2.3"]
+        );
+    }
+
+    #[test]
+    fn json_request_lines_through_the_sink_carry_the_same_fields() {
+        let sink = Gated::new();
+        sink.open();
+        let logger = logger("info", LogFormat::Json, 16, Box::new(sink.clone())).unwrap();
+        logger.request_sink().request(answered(404, 75));
+        log_as_record(&logger, &answered(404, 75));
+        logger.flush();
+        let text = sink.text();
+        let mut lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in &mut lines {
+            assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{text}");
+            line["time"] = serde_json::Value::Null;
+        }
+        assert_eq!(lines[0], lines[1]);
+        assert_eq!(lines[0]["message"], "POST /api/workflows/smoke/run 404 0.1ms");
+        assert_eq!(lines[0]["duration_ms"], 0.075);
+        assert_eq!(lines[0]["client"], "10.1.2.3");
+    }
+
+    #[test]
+    fn the_text_timestamp_is_formatted_again_when_the_second_changes() {
+        let mut clock = Clock::new();
+        let first: jiff::Timestamp = "2026-12-01T10:00:00.2Z".parse().unwrap();
+        assert_eq!(clock.text(first), "2026-12-01T10:00:00Z");
+        let same = first.checked_add(jiff::SignedDuration::from_millis(700)).unwrap();
+        assert_eq!(clock.text(same), "2026-12-01T10:00:00Z");
+        let next = first.checked_add(jiff::SignedDuration::from_millis(800)).unwrap();
+        assert_eq!(clock.text(next), "2026-12-01T10:00:01Z");
     }
 }

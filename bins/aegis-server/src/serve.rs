@@ -22,7 +22,7 @@ use crate::{logging, settings};
 pub(crate) fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let (filter, format) = settings::logging()?;
-    logging::init(&filter, format);
+    let request_log = logging::init(&filter, format);
     let settings = settings::resolve(flags)?;
     let config = Arc::new(settings.config);
     aegis_auth::check_bind(&settings.host, config.server(), config.auth())?;
@@ -34,7 +34,11 @@ pub(crate) fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the engine runtime")?;
     let (engine, history) = engine_runtime.block_on(start_engine(Arc::clone(&config)))?;
-    let state = web::Data::new(AppState::new(engine.clone()));
+    let mut state = AppState::new(engine.clone());
+    if let Some(sink) = request_log {
+        state = state.with_request_log(Arc::new(sink));
+    }
+    let state = web::Data::new(state);
 
     let grace = config.server().shutdown_grace();
     let (host, port) = (settings.host.clone(), settings.port);

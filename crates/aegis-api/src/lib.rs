@@ -20,7 +20,7 @@ use actix_web::{App, HttpRequest, HttpResponse, Resource, guard, web};
 /// The API's JSON shapes (shared with `aegis-cli`).
 pub use aegis_wire as dto;
 pub use error::{ApiError, ErrorBody, ErrorDetail, Result};
-pub use middleware::{REQUEST_ID, RequestId, client_ip, request_id};
+pub use middleware::{REQUEST_ID, RequestId, RequestLine, RequestLog, client_ip, request_id};
 pub use openapi::openapi;
 pub use state::AppState;
 
@@ -113,16 +113,19 @@ pub fn app(
         .wrap(actix_web::middleware::from_fn(metrics::count_requests))
         .service(bare_base.into_iter().collect::<Vec<_>>())
         .service(
+            // Routing tries the patterns in this order; a static one is a string
+            // comparison, a pattern with `{…}` a regular expression. So the routes a
+            // probe or scraper calls often come first.
             web::scope(&base_path)
                 .service(resource("/").route(get().to(routes::index::index)))
-                .service(resource("/runs/{id}").route(get().to(routes::index::run_page)))
-                .service(resource("/assets/{name:.+}").route(get().to(routes::index::asset)))
                 .service(resource("/health").route(get().to(routes::health::health)))
                 .service(resource("/health/live").route(get().to(routes::health::live)))
                 .service(resource("/healthz").route(get().to(routes::health::healthz)))
                 .service(resource("/health/ready").route(get().to(routes::health::ready)))
                 .service(resource("/health/status").route(get().to(routes::health::status)))
                 .service(resource("/metrics").route(get().to(metrics::metrics)))
+                .service(resource("/runs/{id}").route(get().to(routes::index::run_page)))
+                .service(resource("/assets/{name:.+}").route(get().to(routes::index::asset)))
                 .service(resource("/api/openapi.json").route(get().to(openapi::document)))
                 .service(resource("/api/workflows").route(get().to(routes::workflows::list)))
                 .service(resource("/api/workflows/{key}").route(get().to(routes::workflows::get)))

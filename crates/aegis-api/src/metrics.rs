@@ -201,8 +201,8 @@ impl Metrics {
     }
 
     /// Counts one answered request.
-    fn count_request(&self, route: &str, status: u16) {
-        *lock(&self.http).entry((route.to_owned(), status)).or_default() += 1;
+    fn count_request(&self, route: String, status: u16) {
+        *lock(&self.http).entry((route, status)).or_default() += 1;
     }
 
     /// Replaces what is known of unfinished runs with what the store holds.
@@ -469,19 +469,23 @@ fn render_histogram(out: &mut String, name: &str, labels: &[(&str, &str)], histo
 
 /// Counts every answered request under the route pattern it matched (`/api/runs/{id}`,
 /// with `server.base_path` in front), or `unmatched`.
+///
+/// The pattern is read from the answered request: routing has recorded which resource
+/// matched, so this is a lookup. Asked before routing, actix would match the path
+/// against every pattern again (a regular expression each), on every request.
 pub(crate) async fn count_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> std::result::Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let route = req.match_pattern();
     let metrics = req.app_data::<web::Data<AppState>>().map(|state| Arc::clone(state.metrics()));
     let result = next.call(req).await;
     if let Some(metrics) = metrics {
-        let status = match &result {
-            Ok(response) => response.status(),
-            Err(err) => err.as_response_error().status_code(),
+        let (route, status) = match &result {
+            Ok(response) => (response.request().match_pattern(), response.status()),
+            // A failure that never became a response carries no request to ask.
+            Err(err) => (None, err.as_response_error().status_code()),
         };
-        metrics.count_request(route.as_deref().unwrap_or(UNMATCHED), status.as_u16());
+        metrics.count_request(route.unwrap_or_else(|| UNMATCHED.to_owned()), status.as_u16());
     }
     result
 }

@@ -83,12 +83,6 @@ pub(crate) async fn surface(
         .filter(|id| acceptable(id))
         .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned);
     req.extensions_mut().insert(RequestId(request_id.clone()));
-    let logged = log::log_enabled!(target: "aegis::request", log::Level::Info);
-    // Only what the log line needs is copied, and only when it is written.
-    let line = logged.then(|| {
-        let client = client_ip(req.request()).map(|ip| ip.to_string()).unwrap_or_default();
-        (req.method().to_string(), req.path().to_owned(), client)
-    });
     let origin = allowed_origin(&req, state.as_ref().map(|s| s.get_ref()));
     let has_body = declares_body(&req);
 
@@ -129,21 +123,90 @@ pub(crate) async fn surface(
     if has_body && status.is_client_error() {
         response.response_mut().head_mut().set_connection_type(ConnectionType::Close);
     }
-    if let Some((method, path, client)) = line {
-        let status = status.as_u16();
-        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        log::info!(
-            target: "aegis::request",
-            method = method.as_str(),
-            path = path.as_str(),
-            status = status,
-            duration_ms = (duration_ms * 1000.0).round() / 1000.0,
-            request_id = request_id.as_str(),
-            client = client.as_str();
-            "{method} {path} {status} {duration_ms:.1}ms"
-        );
+    if log::log_enabled!(target: "aegis::request", log::Level::Info) {
+        let answered = response.request();
+        let line = RequestLine {
+            method: answered.method().clone(),
+            path: answered.path().to_owned(),
+            status: status.as_u16(),
+            duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            request_id,
+            client: client_ip(answered),
+        };
+        match state.as_ref().and_then(|s| s.request_log()) {
+            Some(sink) => sink.request(line),
+            None => line.log(),
+        }
     }
     Ok(response)
+}
+
+/// One answered request, as the request log receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestLine {
+    pub method: Method,
+    /// The path as requested, `server.base_path` included, without the query.
+    pub path: String,
+    pub status: u16,
+    /// From the request's arrival at the app to its response, in microseconds.
+    pub duration_us: u64,
+    pub request_id: String,
+    /// The client, as [`client_ip`] finds it; `None` when the peer is unknown.
+    pub client: Option<IpAddr>,
+}
+
+impl RequestLine {
+    /// The duration in milliseconds, to the microsecond.
+    pub fn duration_ms(&self) -> f64 {
+        self.duration_us as f64 / 1000.0
+    }
+
+    /// Appends the line's message: `GET /api/runs 200 1.4ms`.
+    pub fn write_message(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        // Tenths of a millisecond, rounded, without going through float formatting.
+        let tenths = self.duration_us.saturating_add(50) / 100;
+        let _ = write!(
+            out,
+            "{} {} {} {}.{}ms",
+            self.method,
+            self.path,
+            self.status,
+            tenths / 10,
+            tenths % 10
+        );
+    }
+
+    /// The client address as logged: empty when unknown.
+    pub fn client_text(&self) -> String {
+        self.client.map(|ip| ip.to_string()).unwrap_or_default()
+    }
+
+    /// Writes the line through the `log` crate, for a program that installed no
+    /// [`RequestLog`]: target `aegis::request`, the fields as key-values.
+    fn log(&self) {
+        let mut message = String::with_capacity(64);
+        self.write_message(&mut message);
+        let client = self.client_text();
+        log::info!(
+            target: "aegis::request",
+            method = self.method.as_str(),
+            path = self.path.as_str(),
+            status = self.status,
+            duration_ms = self.duration_ms(),
+            request_id = self.request_id.as_str(),
+            client = client.as_str();
+            "{message}"
+        );
+    }
+}
+
+/// Takes the request lines of the app (when the `aegis::request` target is enabled at
+/// `info`) instead of the `log` crate, so that a server can hand them to its log writer
+/// as they are, without formatting them on the worker that answered.
+pub trait RequestLog: Send + Sync {
+    /// Takes one line. Called on the HTTP worker: it must not block.
+    fn request(&self, line: RequestLine);
 }
 
 /// The request id the app assigned to this request (echoed or generated).

@@ -9,6 +9,7 @@ use aegis_core::{Engine, ServiceHealth};
 use tokio::sync::{Mutex, watch};
 
 use crate::metrics::Metrics;
+use crate::middleware::RequestLog;
 use aegis_history::HistoryBackend;
 
 /// The application state behind `web::Data`.
@@ -19,6 +20,7 @@ pub struct AppState {
     health: Mutex<Option<CheckedServices>>,
     closing: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    request_log: Option<Arc<dyn RequestLog>>,
 }
 
 /// How old the service checks behind `GET /api/services` and `/health/status` may be.
@@ -45,7 +47,20 @@ impl AppState {
             health: Mutex::new(None),
             closing: watch::Sender::new(false),
             metrics,
+            request_log: None,
         }
+    }
+
+    /// Sends the request lines to `sink` instead of the `log` crate (still only when
+    /// the `aegis::request` target is enabled at `info`).
+    pub fn with_request_log(mut self, sink: Arc<dyn RequestLog>) -> AppState {
+        self.request_log = Some(sink);
+        self
+    }
+
+    /// Where request lines go, when not to the `log` crate.
+    pub(crate) fn request_log(&self) -> Option<&dyn RequestLog> {
+        self.request_log.as_deref()
     }
 
     /// The `/metrics` figures.
