@@ -1,7 +1,7 @@
 //! `SqliteHistory`: the durable backend on one SQLite file.
 //!
 //! Writes are committed in batches on tokio's blocking pool by one driver at
-//! a time (see `writer`); a background thread checkpoints the WAL. Reads use
+//! a time (see `writer`), which also checkpoints the WAL between batches. Reads use
 //! an r2d2 pool of connections on the blocking pool. WAL mode lets reads
 //! proceed while a batch commits.
 
@@ -13,8 +13,7 @@ mod writer;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -63,17 +62,15 @@ enum Readers {
 /// killed at any moment; [`Durability::PowerLoss`] (`synchronous=FULL`)
 /// also survives power loss at the cost of one fsync per batch.
 ///
-/// Dropping it stops the checkpoint thread, waiting for a checkpoint in
-/// progress to end, and waits for the last commit's driver to let go of the
-/// write connection, so the database file is closed when the drop returns.
+/// Dropping it waits for the last commit's driver to let go of the write
+/// connection, so the database file is closed when the drop returns.
 #[derive(Debug)]
 pub struct SqliteHistory {
     location: PathBuf,
     committer: Arc<Committer>,
-    /// The write connection the committer uses, for `forget_pruned` (rare,
-    /// small, and serialised with the commits by the connection's lock).
+    /// The write connection the committer uses (counted at drop; for
+    /// `:memory:` the readers share it).
     write_conn: Conn,
-    checkpointer: Option<JoinHandle<()>>,
     readers: Readers,
 }
 
@@ -157,7 +154,7 @@ impl SqliteHistory {
         migrate(&mut conn, &path)?;
         let conn = Arc::new(Mutex::new(conn));
         let readers = Readers::Shared(Arc::clone(&conn));
-        Ok(Self::start_shared(path, conn, readers, &options, None))
+        Ok(Self::start_shared(path, conn, readers, &options, false))
     }
 
     fn start(
@@ -166,19 +163,11 @@ impl SqliteHistory {
         readers: Readers,
         options: &HistoryOptions,
     ) -> Result<Self> {
-        // Checkpoints run on a thread of their own, never in a writer's commit.
+        // Checkpoints are queued by the committer between its batches, never
+        // run inside a writer's commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|source| Error::Open { path: location.clone(), source })?;
-        let (asked, checkpoint_requests) = mpsc::sync_channel(1);
-        let mut history =
-            Self::start_shared(location, Arc::new(Mutex::new(conn)), readers, options, Some(asked));
-        let committer = Arc::clone(&history.committer);
-        let checkpointer = std::thread::Builder::new()
-            .name("aegis-history-checkpoint".to_owned())
-            .spawn(move || writer::checkpoint_loop(committer, checkpoint_requests))
-            .map_err(|source| Error::SpawnWriter { source })?;
-        history.checkpointer = Some(checkpointer);
-        Ok(history)
+        Ok(Self::start_shared(location, Arc::new(Mutex::new(conn)), readers, options, true))
     }
 
     fn start_shared(
@@ -186,11 +175,11 @@ impl SqliteHistory {
         conn: Conn,
         readers: Readers,
         options: &HistoryOptions,
-        checkpoint: Option<mpsc::SyncSender<()>>,
+        checkpoints: bool,
     ) -> Self {
         let write_conn = Arc::clone(&conn);
-        let committer = Committer::new(conn, options.max_batch, options.max_records, checkpoint);
-        Self { location, committer: Arc::new(committer), write_conn, checkpointer: None, readers }
+        let committer = Committer::new(conn, options.max_batch, options.max_records, checkpoints);
+        Self { location, committer: Arc::new(committer), write_conn, readers }
     }
 
     async fn write(&self, op: Op) -> Result<u64> {
@@ -216,17 +205,19 @@ impl SqliteHistory {
         outcomes
     }
 
-    /// Runs `f` on the write connection on the blocking pool, between two
-    /// of the committer's batches (the connection's lock orders them).
+    /// Runs `f` on the write connection, in the committer's queue: after the
+    /// commits queued before it and before those queued after.
     async fn on_write_conn<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let conn = Arc::clone(&self.write_conn);
-        tokio::task::spawn_blocking(move || f(&mut lock(&conn)))
-            .await
-            .map_err(|source| Error::Task { source })?
+        let (reply, answer) = oneshot::channel();
+        self.committer.run(Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        }));
+        // A dropped reply means the task panicked.
+        answer.await.unwrap_or(Err(Error::Closed))
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -249,14 +240,8 @@ impl SqliteHistory {
 
 impl Drop for SqliteHistory {
     fn drop(&mut self) {
-        // Writes commit before their futures resolve, so nothing is queued;
-        // the checkpoint thread stops once it is no longer asked for work.
-        self.committer.stop_checkpoints();
-        if let Some(thread) = self.checkpointer.take()
-            && thread.join().is_err()
-        {
-            log::error!("history checkpoint thread panicked");
-        }
+        // Writes commit before their futures resolve, so nothing is queued
+        // that a caller waits for (a checkpoint may be).
         // A commit's driver (or a task on the write connection) that has
         // answered its caller may still be on its way out, holding the write
         // connection. Wait for it, briefly, so that once the store is dropped
@@ -449,10 +434,8 @@ impl HistoryBackend for SqliteHistory {
         if run_ids.is_empty() {
             return Ok(());
         }
-        let conn = Arc::clone(&self.write_conn);
         let run_ids = run_ids.to_vec();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&conn);
+        self.on_write_conn(move |conn| {
             let write = |source| Error::Write { source: Arc::new(source) };
             let tx =
                 conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(write)?;
@@ -466,7 +449,6 @@ impl HistoryBackend for SqliteHistory {
             tx.commit().map_err(write)
         })
         .await
-        .map_err(|source| Error::Task { source })?
     }
 
     async fn claim_deliveries(
@@ -582,5 +564,81 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         // Migrating again is a no-op.
         migrate(&mut conn, Path::new(":memory:")).unwrap();
+    }
+
+    /// A version 4 file with a run, its steps, attempts and events keeps every row
+    /// when migration 5 moves the ledger and the steps to rowid tables, and the
+    /// foreign keys still hold: attempts need their step, deleting a run takes all.
+    #[test]
+    fn migration_5_keeps_every_row_and_the_foreign_keys() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        for sql in &schema::MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        conn.execute_batch(
+            "INSERT INTO runs (id, workflow, status, trigger, created_at) \
+                 VALUES ('r1', 'wf', 'succeeded', 'api', 1), ('r2', 'wf', 'running', 'api', 2);
+             INSERT INTO steps (run_id, execution, step_index, step_id, step_type, status, \
+                 started_at, data) VALUES \
+                 ('r1', 0, 0, 'a', 'http', 'succeeded', 10, '{\"n\":1}'), \
+                 ('r1', 0, 1, 'b', 'http', 'failed', 11, NULL), \
+                 ('r2', 0, 0, 'a', 'http', 'running', 12, NULL);
+             INSERT INTO attempts VALUES ('r1', 0, 0, 1, 1, NULL, 5, 10), \
+                 ('r1', 0, 1, 1, 0, 'boom', 6, 11), ('r1', 0, 1, 2, 0, 'boom', 7, 12);
+             INSERT INTO events VALUES ('r1', 1, 'e1', 'workflow.started', 1, '{}'), \
+                 ('r1', 2, 'e2', 'workflow.completed', 3, '{\"x\":2}'), \
+                 ('r2', 1, 'e3', 'workflow.started', 2, '{}');",
+        )
+        .unwrap();
+        let dump = |conn: &Connection, sql: &str| -> Vec<String> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let columns = stmt.column_count();
+            stmt.query_map([], |row| {
+                Ok((0..columns)
+                    .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        };
+        let queries = [
+            "SELECT * FROM steps ORDER BY run_id, execution, step_index",
+            "SELECT * FROM attempts ORDER BY run_id, execution, step_index, attempt",
+            "SELECT * FROM events ORDER BY run_id, seq",
+        ];
+        let before: Vec<_> = queries.iter().map(|q| dump(&conn, q)).collect();
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        let after: Vec<_> = queries.iter().map(|q| dump(&conn, q)).collect();
+        assert_eq!(before, after);
+        assert_eq!(before[1].len(), 3);
+        let tables = dump(&conn, "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY 1");
+        assert!(!tables.iter().any(|t| t.contains("_v4") || t.contains("_v5")), "{tables:?}");
+        let rowid = |table: &str| {
+            conn.query_row("SELECT sql FROM sqlite_schema WHERE name = ?1", [table], |r| {
+                r.get::<_, String>(0)
+            })
+            .unwrap()
+        };
+        assert!(!rowid("events").contains("WITHOUT ROWID"));
+        assert!(!rowid("steps").contains("WITHOUT ROWID"));
+        assert!(rowid("attempts").contains("REFERENCES steps ("), "{}", rowid("attempts"));
+        let orphan = conn.execute("INSERT INTO attempts VALUES ('r2', 0, 5, 1, 1, NULL, 1, 1)", []);
+        assert!(orphan.is_err(), "an attempt without its step was accepted");
+        let duplicate = conn.execute(
+            "INSERT INTO events VALUES ('r1', 2, 'e9', 'workflow.completed', 4, '{}')",
+            [],
+        );
+        assert!(duplicate.is_err(), "a seq was reused");
+        conn.execute("DELETE FROM runs WHERE id = 'r1'", []).unwrap();
+        let left = dump(
+            &conn,
+            "SELECT (SELECT count(*) FROM steps), (SELECT count(*) FROM attempts), \
+             (SELECT count(*) FROM events)",
+        );
+        assert_eq!(left, ["Integer(1)|Integer(0)|Integer(1)"]);
     }
 }

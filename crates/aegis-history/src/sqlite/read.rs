@@ -118,6 +118,10 @@ pub(crate) fn pending_gates(conn: &Connection) -> Result<Vec<PendingGate>> {
 }
 
 pub(crate) fn get_run(conn: &Connection, id: &RunId) -> Result<Option<RunDetail>> {
+    // One snapshot for the run and its steps, decisions and gates: read apart, a
+    // commit between two of the queries would show a run that never was.
+    let tx = conn.unchecked_transaction().map_err(query_err)?;
+    let conn: &Connection = &tx;
     let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
     let mut stmt = conn.prepare_cached(&sql).map_err(query_err)?;
     let run: Option<RunRecord> = {

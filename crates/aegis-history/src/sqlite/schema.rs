@@ -145,6 +145,67 @@ CREATE TABLE delivery_attempts (
     PRIMARY KEY (delivery, n)
 ) WITHOUT ROWID;
 ",
+    // 5: the ledger and the steps move to rowid tables. Their rows are hundreds
+    // of bytes (envelopes, step data), and a WITHOUT ROWID table keeps whole rows
+    // in its key's b-tree: appending a run's event among the other runs' rows
+    // split and moved those pages. A rowid table appends at its end and keeps
+    // only the key in the index. Attempts reference steps, so they are copied
+    // too (renaming `steps` first points their foreign key at the old table,
+    // which is dropped only once nothing refers to it).
+    r"
+CREATE TABLE events_v5 (
+    run_id   TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    seq      INTEGER NOT NULL,
+    id       TEXT NOT NULL,
+    type     TEXT NOT NULL,
+    time     INTEGER NOT NULL,
+    envelope TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+INSERT INTO events_v5 (run_id, seq, id, type, time, envelope)
+    SELECT run_id, seq, id, type, time, envelope FROM events ORDER BY time, run_id, seq;
+DROP TABLE events;
+ALTER TABLE events_v5 RENAME TO events;
+
+ALTER TABLE steps RENAME TO steps_v4;
+CREATE TABLE steps (
+    run_id       TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    execution    INTEGER NOT NULL,
+    step_index   INTEGER NOT NULL,
+    step_id      TEXT NOT NULL,
+    step_type    TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    error        TEXT,
+    started_at   INTEGER,
+    completed_at INTEGER,
+    duration_ms  INTEGER,
+    data         TEXT,
+    PRIMARY KEY (run_id, execution, step_index)
+);
+INSERT INTO steps (run_id, execution, step_index, step_id, step_type, status, error,
+                   started_at, completed_at, duration_ms, data)
+    SELECT run_id, execution, step_index, step_id, step_type, status, error,
+           started_at, completed_at, duration_ms, data
+    FROM steps_v4 ORDER BY started_at, run_id, execution, step_index;
+CREATE TABLE attempts_v5 (
+    run_id      TEXT NOT NULL,
+    execution   INTEGER NOT NULL,
+    step_index  INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    success     INTEGER NOT NULL,
+    error       TEXT,
+    duration_ms INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    PRIMARY KEY (run_id, execution, step_index, attempt),
+    FOREIGN KEY (run_id, execution, step_index)
+        REFERENCES steps (run_id, execution, step_index) ON DELETE CASCADE
+) WITHOUT ROWID;
+INSERT INTO attempts_v5 SELECT run_id, execution, step_index, attempt, success, error,
+                               duration_ms, started_at FROM attempts;
+DROP TABLE attempts;
+DROP TABLE steps_v4;
+ALTER TABLE attempts_v5 RENAME TO attempts;
+",
 ];
 
 /// The schema version this build writes; a file with a higher

@@ -13,10 +13,15 @@
 //! Each command runs inside its own savepoint only when its batch has a
 //! failing write, so one failing write does not undo the others; a group is
 //! never split across transactions, so it becomes visible at once.
+//!
+//! Everything else that needs the write connection (the webhook dispatcher's
+//! claims, pruning, WAL checkpoints) is queued the same way, as a task run
+//! between two batches in queue order: under a steady stream of commits it waits
+//! for the commits queued before it, not for a pause that may never come.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
@@ -70,31 +75,57 @@ pub(crate) struct Command {
     pub(crate) reply: oneshot::Sender<Result<u64>>,
 }
 
-/// How many commits pass between two requests to checkpoint the WAL.
+/// How many commits pass between two checkpoints of the WAL.
 const COMMITS_PER_CHECKPOINT: u32 = 256;
 
+/// Work for the write connection outside any batch; it answers its own caller.
+pub(crate) type Task = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// What waits for the driver, in order.
+enum Queued {
+    /// Commands committed together in one transaction.
+    Group(Vec<Command>),
+    /// Run alone between two batches.
+    Task(Task),
+    /// Copy the WAL into the database, between two batches.
+    Checkpoint,
+}
+
+/// What the driver does next.
+enum Next {
+    Batch(Vec<Command>),
+    Task(Task),
+    Checkpoint,
+    Idle,
+}
+
 /// The shared write path of one database.
-#[derive(Debug)]
 pub(crate) struct Committer {
     conn: Conn,
-    /// Groups of commands waiting for a driver, oldest first.
-    queue: Mutex<VecDeque<Vec<Command>>>,
+    /// Work waiting for a driver, oldest first.
+    queue: Mutex<VecDeque<Queued>>,
     /// A driver is scheduled or running.
     scheduled: AtomicBool,
     max_batch: usize,
     keep: u32,
     commits: AtomicU32,
-    /// Asks the checkpoint thread to copy the WAL into the database (files only).
-    checkpoint: Mutex<Option<mpsc::SyncSender<()>>>,
+    /// Whether the WAL is checkpointed (files only; the write connection has
+    /// automatic checkpoints off).
+    checkpoints: bool,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("max_batch", &self.max_batch)
+            .field("keep", &self.keep)
+            .field("checkpoints", &self.checkpoints)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Committer {
-    pub(crate) fn new(
-        conn: Conn,
-        max_batch: usize,
-        keep: u32,
-        checkpoint: Option<mpsc::SyncSender<()>>,
-    ) -> Self {
+    pub(crate) fn new(conn: Conn, max_batch: usize, keep: u32, checkpoints: bool) -> Self {
         Self {
             conn,
             queue: Mutex::new(VecDeque::new()),
@@ -102,16 +133,11 @@ impl Committer {
             max_batch: max_batch.max(1),
             keep,
             commits: AtomicU32::new(0),
-            checkpoint: Mutex::new(checkpoint),
+            checkpoints,
         }
     }
 
-    /// Lets the checkpoint thread stop.
-    pub(crate) fn stop_checkpoints(&self) {
-        self.checkpoint.lock().unwrap_or_else(PoisonError::into_inner).take();
-    }
-
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Vec<Command>>> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -121,7 +147,17 @@ impl Committer {
         if group.is_empty() {
             return;
         }
-        self.queue().push_back(group);
+        self.enqueue(Queued::Group(group));
+    }
+
+    /// Queues `task` to run on the write connection after everything queued
+    /// before it, outside any batch.
+    pub(crate) fn run(self: &Arc<Self>, task: Task) {
+        self.enqueue(Queued::Task(task));
+    }
+
+    fn enqueue(self: &Arc<Self>, work: Queued) {
+        self.queue().push_back(work);
         if self.claim() {
             let committer = Arc::clone(self);
             tokio::task::spawn_blocking(move || committer.drive());
@@ -133,7 +169,7 @@ impl Committer {
         !self.scheduled.swap(true, Ordering::SeqCst)
     }
 
-    /// Commits until the queue is empty; run by the one claimant. A panic
+    /// Works until the queue is empty; run by the one claimant. A panic
     /// lets go of the claim (its commands' callers get `Error::Closed`), so
     /// the next writer schedules a new driver.
     fn drive(&self) {
@@ -146,77 +182,81 @@ impl Committer {
         loop {
             {
                 let _release = Release(&self.scheduled);
-                let conn = lock(&self.conn);
+                let mut conn = lock(&self.conn);
                 loop {
-                    let mut batch = self.take_batch();
-                    if batch.is_empty() {
-                        break;
+                    match self.next() {
+                        Next::Idle => break,
+                        Next::Batch(mut batch) => {
+                            commit_batch(&conn, &mut batch, self.keep);
+                            self.committed();
+                        }
+                        Next::Task(task) => task(&mut conn),
+                        Next::Checkpoint => checkpoint(&conn),
                     }
-                    commit_batch(&conn, &mut batch, self.keep);
-                    self.committed();
                 }
             }
-            // A group queued after the last take, by a writer that saw this
-            // driver scheduled, is this driver's to commit.
+            // Work queued after the last look, by a caller that saw this
+            // driver scheduled, is this driver's to do.
             if self.queue().is_empty() || !self.claim() {
                 return;
             }
         }
     }
 
-    /// Whole groups, oldest first, up to `max_batch` commands (at least one group).
-    fn take_batch(&self) -> Vec<Command> {
+    /// The oldest work: whole groups up to `max_batch` commands (at least one
+    /// group), stopping before a task or checkpoint; or that task or checkpoint.
+    fn next(&self) -> Next {
         let mut queue = self.queue();
         let mut batch = Vec::new();
-        while let Some(group) = queue.front() {
-            if !batch.is_empty() && batch.len() + group.len() > self.max_batch {
-                break;
-            }
-            if let Some(group) = queue.pop_front() {
-                batch.extend(group);
+        loop {
+            match queue.front() {
+                None => break,
+                Some(Queued::Group(group)) => {
+                    if !batch.is_empty() && batch.len() + group.len() > self.max_batch {
+                        break;
+                    }
+                    if let Some(Queued::Group(group)) = queue.pop_front() {
+                        batch.extend(group);
+                    }
+                }
+                Some(Queued::Task(_) | Queued::Checkpoint) => {
+                    if !batch.is_empty() {
+                        break;
+                    }
+                    return match queue.pop_front() {
+                        Some(Queued::Task(task)) => Next::Task(task),
+                        Some(Queued::Checkpoint) => Next::Checkpoint,
+                        _ => Next::Idle,
+                    };
+                }
             }
         }
-        batch
+        if batch.is_empty() { Next::Idle } else { Next::Batch(batch) }
     }
 
-    /// Copies the WAL into the database on the write connection, so that
-    /// no commit runs meanwhile and the next one starts the WAL over (a
-    /// checkpoint from another connection while writers keep appending never
-    /// catches up, and the WAL grows without end). Writes queue meanwhile and
-    /// are committed together right after. Runs on the checkpoint thread:
-    /// the write connection has automatic checkpoints off.
-    pub(crate) fn checkpoint(&self) {
-        let conn = lock(&self.conn);
-        let done: rusqlite::Result<(i64, i64, i64)> =
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            });
-        drop(conn);
-        match done {
-            Ok((_, log, copied)) => log::trace!("history WAL checkpoint: {copied} of {log} pages"),
-            Err(e) => log::warn!("history WAL checkpoint failed: {e}"),
-        }
-    }
-
+    /// Counts a commit; every [`COMMITS_PER_CHECKPOINT`] of them queues a
+    /// checkpoint behind the work already waiting.
     fn committed(&self) {
         let commits = self.commits.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        if commits.is_multiple_of(COMMITS_PER_CHECKPOINT)
-            && let Some(checkpoint) =
-                self.checkpoint.lock().unwrap_or_else(PoisonError::into_inner).as_ref()
-        {
-            // Full means a checkpoint is already asked for.
-            let _ = checkpoint.try_send(());
+        if self.checkpoints && commits.is_multiple_of(COMMITS_PER_CHECKPOINT) {
+            self.queue().push_back(Queued::Checkpoint);
         }
     }
 }
 
-/// The checkpoint thread: copies the WAL back into the database when asked
-/// (see [`Committer::checkpoint`]). Returns once it is no longer asked.
-pub(crate) fn checkpoint_loop(committer: Arc<Committer>, asked: mpsc::Receiver<()>) {
-    while asked.recv().is_ok() {
-        committer.checkpoint();
+/// Copies the WAL into the database on the write connection, so that no
+/// commit runs meanwhile and the next one starts the WAL over (a checkpoint
+/// from another connection while writers keep appending never catches up, and
+/// the WAL grows without end).
+fn checkpoint(conn: &Connection) {
+    let done: rusqlite::Result<(i64, i64, i64)> =
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        });
+    match done {
+        Ok((_, log, copied)) => log::trace!("history WAL checkpoint: {copied} of {log} pages"),
+        Err(e) => log::warn!("history WAL checkpoint failed: {e}"),
     }
-    log::debug!("history checkpoint thread stopped");
 }
 
 /// Runs a transaction-control statement from the statement cache (parsing
@@ -645,4 +685,56 @@ pub(crate) fn apply_retention(conn: &Connection, keep: u32) -> Result<u64> {
         deleted += prune_workflow(conn, &workflow, keep)?;
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work queued for the write connection runs in queue order: a task sees
+    /// the groups queued before it committed and none queued after it, even
+    /// when all of it waits while the connection is busy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_run_between_batches_in_queue_order() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in crate::sqlite::schema::MIGRATIONS {
+            conn.execute_batch(sql).unwrap();
+        }
+        let conn: Conn = Arc::new(Mutex::new(conn));
+        let committer = Arc::new(Committer::new(Arc::clone(&conn), 64, 0, false));
+        let busy = lock(&conn);
+        let group = |id: &str| {
+            let (reply, answer) = oneshot::channel();
+            let run = NewRun {
+                id: RunId::new(id),
+                workflow: "wf".to_owned(),
+                trigger: crate::model::Trigger::Api,
+                request_id: None,
+                created_at: jiff::Timestamp::now(),
+            };
+            (Command { op: Op::CreateRun(run), reply }, answer)
+        };
+        let (first, first_done) = group("r1");
+        committer.submit(vec![first]);
+        let (seen, saw) = oneshot::channel();
+        committer.run(Box::new(move |conn| {
+            let rows: Vec<String> = conn
+                .prepare("SELECT id FROM runs ORDER BY id")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let _ = seen.send(rows);
+        }));
+        let (second, second_done) = group("r2");
+        committer.submit(vec![second]);
+        drop(busy);
+        assert_eq!(saw.await.unwrap(), ["r1"]);
+        assert!(first_done.await.unwrap().is_ok());
+        assert!(second_done.await.unwrap().is_ok());
+        let all: i64 =
+            lock(&conn).query_row("SELECT count(*) FROM runs", [], |r| r.get(0)).unwrap();
+        assert_eq!(all, 2);
+    }
 }

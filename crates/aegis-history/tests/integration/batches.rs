@@ -116,31 +116,46 @@ async fn writes_commit_on_a_current_thread_runtime() {
     }
 }
 
-/// Automatic checkpoints are off on the write connection; the checkpoint
-/// thread keeps the WAL from growing with every commit.
+/// Automatic checkpoints are off on the write connection; the committer
+/// queues one every 256 commits, behind the commits already waiting, so even
+/// writers that never pause (several at once, always a commit queued) cannot
+/// keep the WAL from being started over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_stays_bounded() {
-    const COMMITS: usize = 3000;
+    const COMMITS: usize = 6000;
+    const WRITERS: usize = 6;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("h.db");
-    let history = SqliteHistory::open(&path, HistoryOptions::default()).await.unwrap();
+    let history = Arc::new(SqliteHistory::open(&path, HistoryOptions::default()).await.unwrap());
     let run = new_run("big", "wf", 0);
     history.create_run(&run).await.unwrap();
-    let blob = "x".repeat(8 * 1024);
-    for i in 0..COMMITS {
-        let mut step = finished_step(0, 1);
-        step.data = Some(json!({ "i": i, "blob": blob }));
-        history.record_step(&run.id, &step).await.unwrap();
-        if i % 256 == 0 {
-            // Leave the checkpoint thread room on a busy 2-core machine.
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
+    let blob = Arc::new("x".repeat(8 * 1024));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (history, run_id, blob) = (Arc::clone(&history), run.id.clone(), Arc::clone(&blob));
+            tokio::spawn(async move {
+                for i in (w..COMMITS).step_by(WRITERS) {
+                    let mut step = finished_step(0, 1);
+                    step.index = w as u32;
+                    step.data = Some(json!({ "i": i, "blob": *blob }));
+                    history.record_step(&run_id, &step).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
     }
-    // Without checkpoints the WAL would hold every commit: over 24 MB here.
+    let history = Arc::into_inner(history).unwrap();
+    // Without checkpoints the WAL would hold every commit: over 48 MB here.
+    // With them it holds at most 256 batches of up to WRITERS commits.
+    let written = (COMMITS * blob.len()) as u64;
     let wal = std::fs::metadata(dir.path().join("h.db-wal")).map(|m| m.len()).unwrap_or(0);
-    assert!(wal < 12 * 1024 * 1024, "WAL is {wal} bytes after {COMMITS} commits");
+    assert!(wal < written / 2, "WAL is {wal} bytes after {COMMITS} commits of {written} bytes");
     drop(history);
     let reopened = SqliteHistory::open(&path, HistoryOptions::default()).await.unwrap();
     let detail = reopened.get_run(&run.id).await.unwrap().unwrap();
-    assert_eq!(detail.steps[0].data.as_ref().unwrap()["i"], json!(COMMITS - 1));
+    assert_eq!(detail.steps.len(), WRITERS);
+    let last = detail.steps.iter().map(|s| s.data.as_ref().unwrap()["i"].as_u64().unwrap()).max();
+    assert_eq!(last, Some(COMMITS as u64 - 1));
 }
