@@ -845,6 +845,33 @@ pub async fn ledger_append_only_and_contiguous(mut store: impl Store) {
         .await
         .unwrap();
     assert_eq!(history.last_seq(&run.id).await.unwrap(), 7);
+    // Several at once (more than one statement's worth): refused whole when
+    // they start past the end, reuse a seq, or skip one; else all in order.
+    let events = |seqs: std::ops::RangeInclusive<u64>, id: &RunId| -> Vec<Write> {
+        seqs.map(|seq| Write::AppendEvent(event(id, seq))).collect()
+    };
+    for (seqs, refused) in [(9..=12, 9), (7..=10, 7)] {
+        let result = history.commit(events(seqs, &run.id)).await;
+        assert!(
+            matches!(&result, Err(Error::SeqConflict { seq, .. }) if *seq == refused),
+            "{result:?}"
+        );
+    }
+    let mut skipping = events(8..=10, &run.id);
+    skipping.push(Write::AppendEvent(event(&run.id, 12)));
+    assert!(matches!(history.commit(skipping).await, Err(Error::SeqConflict { seq: 12, .. })));
+    assert_eq!(history.last_seq(&run.id).await.unwrap(), 7);
+    assert!(history.commit(events(1..=3, &missing)).await.is_err());
+    let other = new_run("l3", "nightly", 1);
+    history.create_run(&other).await.unwrap();
+    let mut mixed = events(8..=20, &run.id);
+    mixed.extend(events(1..=2, &other.id));
+    mixed.extend(events(21..=22, &run.id));
+    history.commit(mixed).await.unwrap();
+    let all = history.events(&run.id, 0, 100).await.unwrap();
+    assert_eq!(all, (1..=22).map(|seq| event(&run.id, seq)).collect::<Vec<_>>());
+    assert_eq!(history.last_seq(&other.id).await.unwrap(), 2);
+    history.update_run(&other.id, &finish(RunStatus::Succeeded, 2)).await.unwrap();
 
     // Retention deletes the ledger with the run.
     history.update_run(&run.id, &finish(RunStatus::Succeeded, 1)).await.unwrap();

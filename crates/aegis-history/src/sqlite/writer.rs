@@ -359,8 +359,34 @@ fn apply(conn: &Connection, op: &Op, keep: u32) -> Result<u64> {
             // A failing write fails the whole group; the caller (the batch)
             // undoes it, alone or with its savepoint.
             let mut total = 0;
-            for op in ops {
-                total += apply(conn, op, keep)?;
+            let mut rest = ops.as_slice();
+            while let Some(op) = rest.first() {
+                // A run's consecutive events (a commit's usual shape) are
+                // appended together: one look at the ledger's end, then rows.
+                let events = match op {
+                    Op::AppendEvent(first) => rest
+                        .iter()
+                        .take_while(
+                            |op| matches!(op, Op::AppendEvent(e) if e.run_id == first.run_id),
+                        )
+                        .count(),
+                    _ => 0,
+                };
+                if events > 1 {
+                    let (appended, after) = rest.split_at(events);
+                    let records: Vec<&EventRecord> = appended
+                        .iter()
+                        .filter_map(|op| match op {
+                            Op::AppendEvent(event) => Some(event),
+                            _ => None,
+                        })
+                        .collect();
+                    append_events(conn, &records)?;
+                    rest = after;
+                } else {
+                    total += apply(conn, op, keep)?;
+                    rest = &rest[1..];
+                }
             }
             Ok(total)
         }
@@ -409,6 +435,65 @@ fn append_event(conn: &Connection, event: &EventRecord) -> Result<()> {
         }
         Err(e) => Err(write_err(e)),
     }
+}
+
+/// Rows per `INSERT` when appending several events of a run.
+const EVENT_ROWS: usize = 8;
+
+/// Appends several events of one run, in order: the first must be the run's
+/// next `seq` and each the one after the last. The ledger's end is read once;
+/// the primary key still refuses a `seq` taken meanwhile.
+fn append_events(conn: &Connection, events: &[&EventRecord]) -> Result<()> {
+    let Some(first) = events.first() else { return Ok(()) };
+    let conflict = |event: &EventRecord| Error::SeqConflict {
+        run_id: event.run_id.to_string(),
+        seq: event.seq,
+    };
+    for pair in events.windows(2) {
+        if pair[1].seq != pair[0].seq.wrapping_add(1) {
+            return Err(conflict(pair[1]));
+        }
+    }
+    let last: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1")
+        .map_err(write_err)?
+        .query_row([first.run_id.as_str()], |row| row.get(0))
+        .map_err(write_err)?;
+    if i64::try_from(first.seq).ok() != last.checked_add(1) {
+        return Err(conflict(first));
+    }
+    for chunk in events.chunks(EVENT_ROWS) {
+        let sql = format!(
+            "INSERT INTO events (run_id, seq, id, type, time, envelope) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(write_err)?;
+        for (row, event) in chunk.iter().enumerate() {
+            let seq = i64::try_from(event.seq).map_err(|_| conflict(event))?;
+            let at = row * 6;
+            let bind = |stmt: &mut rusqlite::CachedStatement<'_>| -> rusqlite::Result<()> {
+                stmt.raw_bind_parameter(at + 1, event.run_id.as_str())?;
+                stmt.raw_bind_parameter(at + 2, seq)?;
+                stmt.raw_bind_parameter(at + 3, event.id.as_str())?;
+                stmt.raw_bind_parameter(at + 4, event.event_type.as_str())?;
+                stmt.raw_bind_parameter(at + 6, event.envelope.as_str())
+            };
+            bind(&mut stmt).map_err(write_err)?;
+            stmt.raw_bind_parameter(at + 5, ts_to_sql(event.time)?).map_err(write_err)?;
+        }
+        match stmt.raw_execute() {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::ConstraintViolation =>
+            {
+                // The run does not exist (foreign key) or a seq is taken.
+                ensure_run(conn, &first.run_id)?;
+                return Err(conflict(chunk[0]));
+            }
+            Err(e) => return Err(write_err(e)),
+        }
+    }
+    Ok(())
 }
 
 fn close_steps(conn: &Connection, id: &RunId, close: &CloseSteps) -> Result<u64> {
