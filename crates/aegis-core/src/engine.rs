@@ -509,16 +509,7 @@ impl Engine {
     async fn fail_unreadable(&self, run: &RunRecord, err: &Error) {
         let reason = format!("cannot recover the run: {err}");
         log::error!("run_id={}: {reason}", run.id);
-        let (writes, events) = End {
-            command: Command::Abandon,
-            at: jiff::Timestamp::now(),
-            duration_ms: 0,
-            error: Some(reason.clone()),
-            cause: None,
-            close_running: Some(reason),
-            summary: counts(0, &IndexMap::new()),
-        }
-        .change(&run.id);
+        let (writes, events) = End::abandon(reason, counts(0, &IndexMap::new())).change(&run.id);
         if let Err(err) = self.inner.ledger.commit(&run_ref(run), writes, events).await {
             log::error!("run_id={}: cannot mark it failed: {err}", run.id);
         }

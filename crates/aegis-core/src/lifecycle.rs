@@ -131,6 +131,21 @@ pub(crate) struct End {
 }
 
 impl End {
+    /// A run given up as `failed` for `reason`, which also closes the step
+    /// still running: history refused its progress, or its records cannot be
+    /// read back.
+    pub(crate) fn abandon(reason: String, summary: StepCounts) -> End {
+        End {
+            command: Command::Abandon,
+            at: jiff::Timestamp::now(),
+            duration_ms: 0,
+            error: Some(reason.clone()),
+            cause: None,
+            close_running: Some(reason),
+            summary,
+        }
+    }
+
     /// The status the run ends in.
     pub(crate) fn status(&self) -> RunStatus {
         self.command.to()

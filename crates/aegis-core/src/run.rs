@@ -479,15 +479,7 @@ impl RunExec {
             // What the run carried was refused with the commit that failed;
             // the run is given up from whatever status history has.
             self.carry = Carry::default();
-            let end = End {
-                command: Command::Abandon,
-                at: jiff::Timestamp::now(),
-                duration_ms: 0,
-                error: Some(reason.clone()),
-                cause: None,
-                close_running: Some(reason),
-                summary: counts(self.workflow.steps().len(), &self.outcomes),
-            };
+            let end = End::abandon(reason, counts(self.workflow.steps().len(), &self.outcomes));
             let _ = self.end(end).await;
         }
         self.inner.ledger.forget(&self.run.id);

@@ -109,11 +109,21 @@ impl HistoryBackend for Counting {
     }
 }
 
+/// An engine over `yaml` whose history counts its writes.
+fn counting_engine(
+    yaml: &str,
+) -> (tempfile::TempDir, Arc<Counting>, Arc<dyn HistoryBackend>, Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = load(dir.path(), yaml);
+    let counting = Arc::new(Counting::default());
+    let history: Arc<dyn HistoryBackend> = Arc::clone(&counting) as Arc<dyn HistoryBackend>;
+    let engine = Engine::builder(config, Arc::clone(&history)).build().expect("engine");
+    (dir, counting, history, engine)
+}
+
 #[tokio::test]
 async fn a_step_result_commits_with_the_next_steps_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = load(
-        dir.path(),
+    let (_dir, counting, history, engine) = counting_engine(
         r#"
 data_dir: ./data
 workflows:
@@ -126,9 +136,6 @@ workflows:
       - { id: last, type: report }
 "#,
     );
-    let counting = Arc::new(Counting::default());
-    let history: Arc<dyn HistoryBackend> = Arc::clone(&counting) as Arc<dyn HistoryBackend>;
-    let engine = Engine::builder(config, Arc::clone(&history)).build().expect("engine");
 
     let summary = engine.run("five", RunOptions::new(Trigger::Cli)).await.expect("run");
     assert_eq!(summary.status, RunStatus::Succeeded, "{summary:?}");
@@ -165,9 +172,7 @@ workflows:
 
 #[tokio::test]
 async fn a_run_that_waits_before_any_step_still_starts_first() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = load(
-        dir.path(),
+    let (_dir, counting, history, engine) = counting_engine(
         r#"
 data_dir: ./data
 workflows:
@@ -177,9 +182,6 @@ workflows:
       - { id: last, type: report }
 "#,
     );
-    let counting = Arc::new(Counting::default());
-    let history: Arc<dyn HistoryBackend> = Arc::clone(&counting) as Arc<dyn HistoryBackend>;
-    let engine = Engine::builder(config, Arc::clone(&history)).build().expect("engine");
 
     let summary = engine.run("gated", RunOptions::new(Trigger::Cli)).await.expect("run");
     assert_eq!(summary.status, RunStatus::Waiting, "{summary:?}");
