@@ -186,14 +186,6 @@ pub enum Error {
         seq: u64,
     },
 
-    /// The WAL checkpoint thread could not be started.
-    #[error("failed to start the history checkpoint thread")]
-    SpawnWriter {
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-
     /// A write was abandoned before it was answered (the commit that held
     /// it panicked).
     #[error("history write was abandoned")]
