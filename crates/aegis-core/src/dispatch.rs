@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use aegis_config::Webhook;
 use aegis_history::{
-    Delivery, DeliveryAttempt, DeliveryClaim, DeliveryOutcome, DeliveryResult, Write,
+    Delivery, DeliveryAttempt, DeliveryClaim, DeliveryOutcome, DeliveryResult, NewDelivery, Write,
 };
 use jiff::Timestamp;
 use tokio::sync::{Notify, Semaphore};
@@ -251,7 +251,8 @@ async fn deliver(
     webhook: &Webhook,
     delivery: Delivery,
 ) {
-    let attempt_no = delivery.attempt_count.saturating_add(1);
+    let Delivery { enqueued: delivery, attempt_count, .. } = delivery;
+    let attempt_no = attempt_count.saturating_add(1);
     let at = Timestamp::now();
     let started = Instant::now();
     let answer = send(client, webhook, &delivery, at).await;
@@ -306,7 +307,7 @@ async fn give_up(
     inner: &Arc<Inner>,
     index: u32,
     webhook: &Webhook,
-    delivery: &Delivery,
+    delivery: &NewDelivery,
     attempts: u32,
     answer: &Answer,
     record: Write,
@@ -364,7 +365,7 @@ fn workflow_of(envelope: &str) -> String {
 async fn send(
     client: &reqwest::Client,
     webhook: &Webhook,
-    delivery: &Delivery,
+    delivery: &NewDelivery,
     at: Timestamp,
 ) -> Answer {
     let timestamp = at.as_second();

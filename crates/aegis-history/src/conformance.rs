@@ -1109,7 +1109,7 @@ fn claim(webhook: u32, now: i64, until: i64, limit: u32) -> DeliveryClaim {
 }
 
 fn delivery_ids(deliveries: &[Delivery]) -> Vec<&str> {
-    deliveries.iter().map(|d| d.id.as_str()).collect()
+    deliveries.iter().map(|d| d.enqueued.id.as_str()).collect()
 }
 
 fn result(id: &str, attempt: u32, secs: i64, outcome: DeliveryOutcome) -> Write {
@@ -1131,7 +1131,7 @@ async fn one(history: &dyn HistoryBackend, id: &str) -> crate::DeliveryDetail {
         .list_deliveries(&DeliveryQuery { limit: MAX_PAGE_SIZE, ..DeliveryQuery::default() })
         .await
         .unwrap();
-    page.deliveries.into_iter().find(|d| d.delivery.id == id).unwrap()
+    page.deliveries.into_iter().find(|d| d.delivery.enqueued.id == id).unwrap()
 }
 
 /// Claims take one webhook's due deliveries, earliest first, at most the
@@ -1147,7 +1147,7 @@ pub async fn outbox_claim_and_complete(mut store: impl Store) {
     assert_eq!(history.next_delivery_due(7).await.unwrap(), None);
     let first = history.claim_deliveries(&claim(0, 10, 100, 2)).await.unwrap();
     assert_eq!(delivery_ids(&first), vec!["o1-d1", "o1-d2"]);
-    assert_eq!(first[0].envelope, event(&RunId::new("o1"), 1).envelope);
+    assert_eq!(first[0].enqueued.envelope, event(&RunId::new("o1"), 1).envelope);
     assert_eq!(first[0].status, DeliveryStatus::Pending);
     assert_eq!(first[0].next_attempt_at, Some(ts(1)));
     let second = history.claim_deliveries(&claim(0, 10, 100, 10)).await.unwrap();
@@ -1249,7 +1249,7 @@ pub async fn outbox_redeliver(mut store: impl Store) {
     }
     let due = history.claim_deliveries(&claim(0, 50, 60, 10)).await.unwrap();
     assert_eq!(delivery_ids(&due), vec!["x1-d1", "x1-d2"]);
-    assert_eq!(due[0].event_id, "x1-1");
+    assert_eq!(due[0].enqueued.event_id, "x1-1");
     assert!(matches!(
         history.commit(vec![Write::Redeliver("nope".to_owned(), ts(1))]).await,
         Err(Error::DeliveryNotFound { .. })
@@ -1269,7 +1269,7 @@ pub async fn outbox_log_and_retention(mut store: impl Store) {
             let mut out = Vec::new();
             loop {
                 let page = history.list_deliveries(&query).await.unwrap();
-                out.extend(page.deliveries.into_iter().map(|d| d.delivery.id));
+                out.extend(page.deliveries.into_iter().map(|d| d.delivery.enqueued.id));
                 match page.next_cursor {
                     Some(cursor) => query.cursor = Some(cursor),
                     None => return out,
@@ -1321,7 +1321,7 @@ pub async fn outbox_log_and_retention(mut store: impl Store) {
     assert_eq!(all(DeliveryQuery::default()).await.len(), 4);
     // Retention of runs leaves their deliveries (each keeps its envelope).
     assert_eq!(
-        one(&*history, "g1-d3").await.delivery.envelope,
+        one(&*history, "g1-d3").await.delivery.enqueued.envelope,
         event(&RunId::new("g1"), 3).envelope
     );
 }
@@ -1367,7 +1367,7 @@ pub async fn outbox_commits_with_its_event(mut store: impl Store) {
     assert!(matches!(duplicate, Err(Error::DuplicateDelivery { .. })), "{duplicate:?}");
     assert_eq!(history.last_seq(&run.id).await.unwrap(), 1);
     let d = one(&*history, "e1-d1").await;
-    assert_eq!(d.delivery.event_id, "e1-1");
+    assert_eq!(d.delivery.enqueued.event_id, "e1-1");
     assert_eq!(d.delivery.status, DeliveryStatus::Pending);
     if store.is_persistent() {
         drop(history);

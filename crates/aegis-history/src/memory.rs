@@ -90,21 +90,16 @@ impl Outbox {
             Write::EnqueueDelivery(new) => {
                 self.last_seq += 1;
                 self.ids.insert(new.id.clone(), self.last_seq);
+                let created_at = new.created_at;
                 let row = OutboxRow {
                     delivery: Delivery {
-                        id: new.id,
-                        webhook: new.webhook,
-                        event_id: new.event_id,
-                        run_id: new.run_id,
-                        event_type: new.event_type,
-                        envelope: new.envelope,
+                        enqueued: new,
                         status: DeliveryStatus::Pending,
                         attempt_count: 0,
-                        next_attempt_at: Some(new.created_at),
-                        created_at: new.created_at,
+                        next_attempt_at: Some(created_at),
                     },
                     claimed_until: None,
-                    updated_at: new.created_at,
+                    updated_at: created_at,
                     attempts: Vec::new(),
                 };
                 self.rows.insert(self.last_seq, row);
@@ -540,7 +535,7 @@ impl HistoryBackend for InMemoryHistory {
             .rows
             .iter()
             .filter(|(_, row)| {
-                row.delivery.webhook == claim.webhook
+                row.delivery.enqueued.webhook == claim.webhook
                     && row.delivery.status == DeliveryStatus::Pending
                     && Outbox::claimable_at(row).is_some_and(|at| at <= claim.now)
             })
@@ -577,7 +572,8 @@ impl HistoryBackend for InMemoryHistory {
             .rows
             .values()
             .filter(|row| {
-                row.delivery.webhook == webhook && row.delivery.status == DeliveryStatus::Pending
+                row.delivery.enqueued.webhook == webhook
+                    && row.delivery.status == DeliveryStatus::Pending
             })
             .filter_map(Outbox::claimable_at)
             .min())
@@ -596,8 +592,8 @@ impl HistoryBackend for InMemoryHistory {
         for (seq, row) in state.outbox.rows.range(..before.unwrap_or(u64::MAX)).rev() {
             let d = &row.delivery;
             if query.status.is_some_and(|s| s != d.status)
-                || query.webhook.is_some_and(|w| w != d.webhook)
-                || query.run_id.as_ref().is_some_and(|r| *r != d.run_id)
+                || query.webhook.is_some_and(|w| w != d.enqueued.webhook)
+                || query.run_id.as_ref().is_some_and(|r| *r != d.enqueued.run_id)
             {
                 continue;
             }
@@ -617,7 +613,7 @@ impl HistoryBackend for InMemoryHistory {
         let mut counts: BTreeMap<(u32, &'static str), (DeliveryStatus, u64)> = BTreeMap::new();
         for row in state.outbox.rows.values() {
             let d = &row.delivery;
-            counts.entry((d.webhook, d.status.as_str())).or_insert((d.status, 0)).1 += 1;
+            counts.entry((d.enqueued.webhook, d.status.as_str())).or_insert((d.status, 0)).1 += 1;
         }
         Ok(counts.into_iter().map(|((webhook, _), (status, n))| (webhook, status, n)).collect())
     }
@@ -635,7 +631,7 @@ impl HistoryBackend for InMemoryHistory {
             .collect();
         for seq in &doomed {
             if let Some(row) = state.outbox.rows.remove(seq) {
-                state.outbox.ids.remove(&row.delivery.id);
+                state.outbox.ids.remove(&row.delivery.enqueued.id);
             }
         }
         Ok(doomed.len() as u64)

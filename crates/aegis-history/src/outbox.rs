@@ -42,29 +42,17 @@ pub struct NewDelivery {
     pub created_at: Timestamp,
 }
 
-/// A delivery as stored.
+/// A delivery as stored: what was enqueued, and where it is now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
-    /// The delivery id.
-    pub id: String,
-    /// The webhook's position in the configuration's `webhooks` list.
-    pub webhook: u32,
-    /// The event carried.
-    pub event_id: String,
-    /// The run the event belongs to.
-    pub run_id: RunId,
-    /// The event type.
-    pub event_type: String,
-    /// The request body.
-    pub envelope: String,
+    /// The event, the webhook and the body, as enqueued.
+    pub enqueued: NewDelivery,
     /// Where it is.
     pub status: DeliveryStatus,
     /// Attempts made since it was enqueued or last redelivered.
     pub attempt_count: u32,
     /// When the next attempt is due; `None` unless pending.
     pub next_attempt_at: Option<Timestamp>,
-    /// When it was enqueued.
-    pub created_at: Timestamp,
 }
 
 /// One attempt to deliver.

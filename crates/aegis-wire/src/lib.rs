@@ -284,12 +284,12 @@ impl Delivery {
     pub fn from_detail(detail: &aegis_history::DeliveryDetail, url: String) -> Delivery {
         let d = &detail.delivery;
         Delivery {
-            id: d.id.clone(),
-            webhook: d.webhook,
+            id: d.enqueued.id.clone(),
+            webhook: d.enqueued.webhook,
             url,
-            event_id: d.event_id.clone(),
-            event_type: d.event_type.clone(),
-            run_id: d.run_id.to_string(),
+            event_id: d.enqueued.event_id.clone(),
+            event_type: d.enqueued.event_type.clone(),
+            run_id: d.enqueued.run_id.to_string(),
             status: d.status.as_str().to_owned(),
             attempts: detail
                 .attempts

@@ -74,7 +74,7 @@ pub(crate) async fn deliveries(
             .map(|d| {
                 // A delivery of a webhook removed from the configuration since shows no URL.
                 let url = webhooks
-                    .get(d.delivery.webhook as usize)
+                    .get(d.delivery.enqueued.webhook as usize)
                     .map(aegis_config::Webhook::shown_url)
                     .unwrap_or_default();
                 Delivery::from_detail(d, url)

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::{MAX_PAGE_SIZE, RunId, Write};
 use crate::outbox::{
     Delivery, DeliveryAttempt, DeliveryClaim, DeliveryDetail, DeliveryOutcome, DeliveryPage,
-    DeliveryQuery, DeliveryStatus,
+    DeliveryQuery, DeliveryStatus, NewDelivery,
 };
 use crate::sqlite::codec::{
     ms_from_sql, ms_to_sql, opt_ts_from_sql, query_err, ts_from_sql, ts_to_sql, u32_from_sql,
@@ -118,16 +118,18 @@ fn delivery_from_row(row: &Row<'_>) -> Result<(i64, Delivery)> {
     let get = |e: rusqlite::Error| Error::Query { source: e };
     let status: String = row.get(7).map_err(get)?;
     let delivery = Delivery {
-        id: row.get(1).map_err(get)?,
-        webhook: u32_from_sql(row.get(2).map_err(get)?, "webhook index")?,
-        event_id: row.get(3).map_err(get)?,
-        run_id: RunId::new(row.get::<_, String>(4).map_err(get)?),
-        event_type: row.get(5).map_err(get)?,
-        envelope: row.get(6).map_err(get)?,
+        enqueued: NewDelivery {
+            id: row.get(1).map_err(get)?,
+            webhook: u32_from_sql(row.get(2).map_err(get)?, "webhook index")?,
+            event_id: row.get(3).map_err(get)?,
+            run_id: RunId::new(row.get::<_, String>(4).map_err(get)?),
+            event_type: row.get(5).map_err(get)?,
+            envelope: row.get(6).map_err(get)?,
+            created_at: ts_from_sql(row.get(10).map_err(get)?)?,
+        },
         status: status.parse()?,
         attempt_count: u32_from_sql(row.get(8).map_err(get)?, "attempt count")?,
         next_attempt_at: opt_ts_from_sql(row.get(9).map_err(get)?)?,
-        created_at: ts_from_sql(row.get(10).map_err(get)?)?,
     };
     Ok((row.get(0).map_err(get)?, delivery))
 }

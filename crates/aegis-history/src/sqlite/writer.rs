@@ -353,40 +353,30 @@ fn apply(conn: &Connection, op: &Op, keep: u32) -> Result<u64> {
             record_gate_decision(conn, id, decision).map(|()| 0)
         }
         Op::Transition(id, transition) => transition_run(conn, id, transition, keep),
-        Op::AppendEvent(event) => append_event(conn, event).map(|()| 0),
+        Op::AppendEvent(event) => append_events(conn, &[event]).map(|()| 0),
         Op::CloseSteps(id, close) => close_steps(conn, id, close),
         Op::Atomic(ops) => {
             // A failing write fails the whole group; the caller (the batch)
             // undoes it, alone or with its savepoint.
             let mut total = 0;
             let mut rest = ops.as_slice();
-            while let Some(op) = rest.first() {
+            while let Some((op, tail)) = rest.split_first() {
+                let Op::AppendEvent(first) = op else {
+                    total += apply(conn, op, keep)?;
+                    rest = tail;
+                    continue;
+                };
                 // A run's consecutive events (a commit's usual shape) are
                 // appended together: one look at the ledger's end, then rows.
-                let events = match op {
-                    Op::AppendEvent(first) => rest
-                        .iter()
-                        .take_while(
-                            |op| matches!(op, Op::AppendEvent(e) if e.run_id == first.run_id),
-                        )
-                        .count(),
-                    _ => 0,
-                };
-                if events > 1 {
-                    let (appended, after) = rest.split_at(events);
-                    let records: Vec<&EventRecord> = appended
-                        .iter()
-                        .filter_map(|op| match op {
-                            Op::AppendEvent(event) => Some(event),
-                            _ => None,
-                        })
-                        .collect();
-                    append_events(conn, &records)?;
-                    rest = after;
-                } else {
-                    total += apply(conn, op, keep)?;
-                    rest = &rest[1..];
-                }
+                let events: Vec<&EventRecord> = rest
+                    .iter()
+                    .map_while(|op| match op {
+                        Op::AppendEvent(event) if event.run_id == first.run_id => Some(event),
+                        _ => None,
+                    })
+                    .collect();
+                rest = &rest[events.len()..];
+                append_events(conn, &events)?;
             }
             Ok(total)
         }
@@ -406,41 +396,10 @@ fn transition_run(
     set_run(conn, id, &transition.update, Some(&transition.from), keep)
 }
 
-fn append_event(conn: &Connection, event: &EventRecord) -> Result<()> {
-    let seq = i64::try_from(event.seq)
-        .map_err(|_| Error::SeqConflict { run_id: event.run_id.to_string(), seq: event.seq })?;
-    // Appended only as the next seq of the run: never a gap, never a reuse.
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO events (run_id, seq, id, type, time, envelope) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6 \
-             WHERE ?2 = (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1)",
-        )
-        .map_err(write_err)?
-        .execute(params![
-            event.run_id.as_str(),
-            seq,
-            event.id,
-            event.event_type,
-            ts_to_sql(event.time)?,
-            event.envelope,
-        ]);
-    match inserted {
-        Ok(1) => Ok(()),
-        Ok(_) => Err(Error::SeqConflict { run_id: event.run_id.to_string(), seq: event.seq }),
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
-            // The run does not exist (foreign key) or the seq is taken.
-            ensure_run(conn, &event.run_id)?;
-            Err(Error::SeqConflict { run_id: event.run_id.to_string(), seq: event.seq })
-        }
-        Err(e) => Err(write_err(e)),
-    }
-}
-
 /// Rows per `INSERT` when appending several events of a run.
 const EVENT_ROWS: usize = 8;
 
-/// Appends several events of one run, in order: the first must be the run's
+/// Appends events of one run, in order: the first must be the run's
 /// next `seq` and each the one after the last. The ledger's end is read once;
 /// the primary key still refuses a `seq` taken meanwhile.
 fn append_events(conn: &Connection, events: &[&EventRecord]) -> Result<()> {
