@@ -116,7 +116,16 @@ impl Server {
 
     /// Like [`Server::start`] with extra arguments (after `--config` and `--port`) and
     /// environment variables.
+    ///
+    /// The port is free when picked, but another test's server may take it before
+    /// this one binds: then it is started again on another.
     pub fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        for _ in 0..4 {
+            let mut server = Server::spawn(dir, free_port(), args, env);
+            if server.ready_or_port_taken() {
+                return server;
+            }
+        }
         let mut server = Server::spawn(dir, free_port(), args, env);
         server.wait_ready();
         server
@@ -181,17 +190,37 @@ impl Server {
     /// Waits until `/health/ready` answers 200; panics with the server's stderr if it
     /// exits or does not get there in time.
     pub fn wait_ready(&mut self) {
+        if !self.ready_or_port_taken() {
+            panic!("aegis-server could not listen on port {}:\n{}", self.port, self.stderr());
+        }
+    }
+
+    /// Waits until this server answers `/health/ready` with 200: true; false when it
+    /// exited because its port was taken. A 200 counts only once this server says it
+    /// listens on its port, so another process on that port is never taken for it.
+    fn ready_or_port_taken(&mut self) -> bool {
+        let listening = format!(":{}", self.port);
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
+            let ours = || {
+                self.stderr()
+                    .lines()
+                    .any(|l| l.contains("listening on http") && l.contains(&listening))
+            };
             if let Ok(response) = try_send(self.port, &Request::get("/health/ready"))
                 && response.status == 200
+                && ours()
             {
-                return;
+                return true;
             }
             if let Some(child) = &mut self.child
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("aegis-server exited with {status} before it was ready:\n{}", self.stderr());
+                let stderr = self.stderr();
+                if stderr.contains("Address already in use") {
+                    return false;
+                }
+                panic!("aegis-server exited with {status} before it was ready:\n{stderr}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -51,6 +51,18 @@ READY_S = 60
 BUDGET_BYTES = 150 * 1024
 
 
+def wait_in_page(page, script, timeout_ms=30_000):
+    """Polls `script` (an expression or a function) through `page.evaluate` until it
+    is true. `page.wait_for_function` would compile the predicate inside the page with
+    `eval` whenever its first check is false, which the dashboard's own
+    Content-Security-Policy (`script-src 'self'`) refuses."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(script):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never true in the page after {timeout_ms} ms: {script}")
+        time.sleep(0.05)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -337,7 +349,7 @@ class DashboardTest(unittest.TestCase):
         row = page.locator("#recent-runs tbody tr").first
         row.locator(".badge-succeeded").wait_for()
         self.assertIn("quick", row.inner_text())
-        page.wait_for_function(
+        wait_in_page(page,
             "document.querySelector('#recent-runs tbody tr .steps').textContent.trim() === '2/2'")
         # A second run started elsewhere shows up too, at the top, still without a reload.
         run_id = self.start_run(server, "gated")
@@ -389,7 +401,7 @@ class DashboardTest(unittest.TestCase):
         self.assertIn("does not apply", page.locator("#preview-error").inner_text())
         page.get_by_role("button", name="Approve").click()
         error = page.locator("#gate-error")
-        page.wait_for_function("document.querySelector('#gate-error').textContent.length > 0")
+        wait_in_page(page, "document.querySelector('#gate-error').textContent.length > 0")
         self.assertIn("/failures/7", error.inner_text())
         self.assertEqual(http_json("GET", f"{server.url}/api/runs/{page.url.rsplit('/', 1)[1]}")[1]["status"], "waiting")
 
@@ -441,7 +453,7 @@ class DashboardTest(unittest.TestCase):
         # go, and waited for: the page re-renders its timeline as the replayed
         # events arrive, and a box read between two renders is of a card
         # already replaced.
-        page.wait_for_function(
+        wait_in_page(page,
             """() => {
                 const batch = document.querySelector("#timeline .batch");
                 const box = (id) => batch && batch.querySelector(`[data-step="${id}"]`)?.getBoundingClientRect();
@@ -449,7 +461,7 @@ class DashboardTest(unittest.TestCase):
                 return Boolean(left && right && left.width > 0 && right.width > 0
                     && left.y === right.y && left.x < right.x);
             }""",
-            timeout=10_000,
+            timeout_ms=10_000,
         )
         self.assertEqual(page.locator('#timeline [data-step="after"]').get_attribute("data-status"), "pending")
         self.no_reload_marker(page)
@@ -469,7 +481,7 @@ class DashboardTest(unittest.TestCase):
         page.goto(f"{server.url}/runs/{failed}")
         down = page.locator('#timeline [data-step="down"][data-status="failed"]')
         down.wait_for()
-        page.wait_for_function("document.querySelectorAll('#timeline [data-step=\"down\"] .attempts li').length === 2")
+        wait_in_page(page, "document.querySelectorAll('#timeline [data-step=\"down\"] .attempts li').length === 2")
         self.assertIn("attempt 2: failed", down.inner_text())
         page.locator('#timeline [data-step="never"][data-status="skipped"]').wait_for()
         page.locator('#timeline [data-step="cleanup"][data-status="succeeded"]').wait_for()
@@ -567,7 +579,7 @@ class DashboardTest(unittest.TestCase):
         page.goto(f"{server.url}/runs/{run_id}")
         page.locator("#gate").wait_for()
         page.get_by_role("button", name="Approve").click()
-        page.wait_for_function("document.querySelector('#gate-error').textContent.includes('operator')")
+        wait_in_page(page, "document.querySelector('#gate-error').textContent.includes('operator')")
         self.assertIn("viewer", page.locator("#gate-error").inner_text())
 
         # With the operator's key (kept for the tab) the same click works.
