@@ -15,6 +15,7 @@ and DURATION (wrk's -d, default 10s) as in bench/server_load.py.
 
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -59,6 +60,8 @@ def main():
     finally:
         mock.stdin.close()
         mock.wait(timeout=10)
+        # Each round leaves a database of some 100 MB: never keep them.
+        shutil.rmtree(work, ignore_errors=True)
     summary = {
         label: {
             "median_runs_per_s": statistics.median(r["runs_per_s"] for r in results),

@@ -19,6 +19,7 @@ Needs wrk (bench/server-load.sh installs it from Debian). Traffic stays on 127.0
 
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -110,6 +111,8 @@ def main():
         for process in (mock, hooks):
             process.stdin.close()
             process.wait(timeout=10)
+        # Each round leaves a database of some 100 MB: never keep them.
+        shutil.rmtree(work, ignore_errors=True)
     none = statistics.median(r["runs_per_s"] for r in rounds["none"])
     star = statistics.median(r["runs_per_s"] for r in rounds["star"])
     summary = {
