@@ -901,6 +901,14 @@ pub async fn transitions_compare_and_set(mut store: impl Store) {
         Err(Error::StatusConflict { status, .. }) => assert_eq!(status, "running"),
         other => panic!("expected a conflict, got {other:?}"),
     }
+    // "Still running" (each step's start) holds and changes nothing; "still
+    // waiting" does not hold.
+    history.commit(vec![to(RunStatus::Running, &[RunStatus::Running])]).await.unwrap();
+    assert_eq!(history.get_run(&run.id).await.unwrap().unwrap().run.status, RunStatus::Running);
+    match history.commit(vec![to(RunStatus::Waiting, &[RunStatus::Waiting])]).await {
+        Err(Error::StatusConflict { status, .. }) => assert_eq!(status, "running"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
     history
         .commit(vec![to(RunStatus::Cancelled, &[RunStatus::Queued, RunStatus::Running])])
         .await

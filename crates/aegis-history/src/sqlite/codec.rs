@@ -5,7 +5,7 @@ use rusqlite::Row;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::{RunId, RunRecord};
+use crate::model::{Attempt, RunId, RunRecord};
 
 /// Columns of `runs` in the order [`run_from_row`] reads them.
 pub(crate) const RUN_COLUMNS: &str = "id, workflow, status, trigger, request_id, created_at, \
@@ -54,6 +54,66 @@ pub(crate) fn json_from_sql(text: Option<String>, what: &'static str) -> Result<
         .transpose()
 }
 
+/// A step's attempts as its row stores them: a JSON array of objects
+/// (`attempt`, `success`, `error`, `duration_ms`, `started_at` in
+/// nanoseconds), or NULL for none.
+pub(crate) fn attempts_to_sql(attempts: &[Attempt]) -> Result<Option<String>> {
+    if attempts.is_empty() {
+        return Ok(None);
+    }
+    let rows = attempts
+        .iter()
+        .map(|a| {
+            Ok(serde_json::json!({
+                "attempt": a.attempt,
+                "success": a.success,
+                "error": a.error,
+                "duration_ms": a.duration_ms,
+                "started_at": ts_to_sql(a.started_at)?,
+            }))
+        })
+        .collect::<Result<Vec<Value>>>()?;
+    json_to_sql(Some(&Value::Array(rows)), "step attempts")
+}
+
+/// Reads what [`attempts_to_sql`] stored, in attempt order.
+pub(crate) fn attempts_from_sql(text: Option<String>) -> Result<Vec<Attempt>> {
+    let Some(value) = json_from_sql(text, "step attempts")? else { return Ok(Vec::new()) };
+    let invalid = |value: &Value| Error::InvalidStoredValue {
+        what: "step attempts",
+        value: value.to_string().chars().take(200).collect(),
+    };
+    let Value::Array(rows) = &value else { return Err(invalid(&value)) };
+    let mut attempts = rows
+        .iter()
+        .map(|row| {
+            let int = |key: &str| row.get(key).and_then(Value::as_i64);
+            let attempt = int("attempt").and_then(|n| u32::try_from(n).ok());
+            let success = row.get("success").and_then(Value::as_bool);
+            let duration_ms = row.get("duration_ms").and_then(Value::as_u64);
+            let error = match row.get("error") {
+                None | Some(Value::Null) => Some(None),
+                Some(Value::String(error)) => Some(Some(error.clone())),
+                Some(_) => None,
+            };
+            match (attempt, success, duration_ms, int("started_at"), error) {
+                (Some(attempt), Some(success), Some(duration_ms), Some(at), Some(error)) => {
+                    Ok(Attempt {
+                        attempt,
+                        success,
+                        error,
+                        duration_ms,
+                        started_at: ts_from_sql(at)?,
+                    })
+                }
+                _ => Err(invalid(row)),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    attempts.sort_by_key(|a| a.attempt);
+    Ok(attempts)
+}
+
 pub(crate) fn query_err(source: rusqlite::Error) -> Error {
     Error::Query { source }
 }
@@ -75,4 +135,45 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> Result<RunRecord> {
         duration_ms: row.get::<_, Option<i64>>(8).map_err(get)?.map(ms_from_sql).transpose()?,
         error: row.get(9).map_err(get)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_round_trip_through_their_column() {
+        let at = Timestamp::from_nanosecond(1_700_000_000_123_456_789).unwrap();
+        let attempts = vec![
+            Attempt {
+                attempt: 1,
+                success: false,
+                error: Some("boom \"x\"".into()),
+                duration_ms: 5,
+                started_at: at,
+            },
+            Attempt { attempt: 2, success: true, error: None, duration_ms: 7, started_at: at },
+        ];
+        let text = attempts_to_sql(&attempts).unwrap();
+        assert_eq!(attempts_from_sql(text).unwrap(), attempts);
+        assert_eq!(attempts_to_sql(&[]).unwrap(), None);
+        assert!(attempts_from_sql(None).unwrap().is_empty());
+    }
+
+    /// A column that is not what this build writes is an error naming it,
+    /// never a panic or an attempt made up.
+    #[test]
+    fn malformed_attempts_are_refused_with_what_they_are() {
+        for bad in [
+            "{}",
+            "[1]",
+            r#"[{"attempt":-1,"success":true,"duration_ms":1,"started_at":1}]"#,
+            r#"[{"attempt":1,"success":"yes","duration_ms":1,"started_at":1}]"#,
+            "[",
+            "null",
+        ] {
+            let err = attempts_from_sql(Some(bad.to_owned())).unwrap_err().to_string();
+            assert!(err.contains("step attempts"), "{bad}: {err}");
+        }
+    }
 }

@@ -567,10 +567,12 @@ mod tests {
     }
 
     /// A version 4 file with a run, its steps, attempts and events keeps every row
-    /// when migration 5 moves the ledger and the steps to rowid tables, and the
-    /// foreign keys still hold: attempts need their step, deleting a run takes all.
+    /// through migrations 5 (the ledger and the steps move to rowid tables) and 6
+    /// (attempts move into their step's row): every step reads back with its
+    /// attempts in order, every event as it was, and the keys still hold (a
+    /// seq is never reused, deleting a run takes its steps and events).
     #[test]
-    fn migration_5_keeps_every_row_and_the_foreign_keys() {
+    fn migrations_5_and_6_keep_every_row_and_the_foreign_keys() {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.pragma_update(None, "foreign_keys", true).unwrap();
         for sql in &schema::MIGRATIONS[..4] {
@@ -586,7 +588,7 @@ mod tests {
                  ('r1', 0, 1, 'b', 'http', 'failed', 11, NULL), \
                  ('r2', 0, 0, 'a', 'http', 'running', 12, NULL);
              INSERT INTO attempts VALUES ('r1', 0, 0, 1, 1, NULL, 5, 10), \
-                 ('r1', 0, 1, 1, 0, 'boom', 6, 11), ('r1', 0, 1, 2, 0, 'boom', 7, 12);
+                 ('r1', 0, 1, 2, 0, 'boom \"2\"', 7, 12), ('r1', 0, 1, 1, 0, 'boom', 6, 11);
              INSERT INTO events VALUES ('r1', 1, 'e1', 'workflow.started', 1, '{}'), \
                  ('r1', 2, 'e2', 'workflow.completed', 3, '{\"x\":2}'), \
                  ('r2', 1, 'e3', 'workflow.started', 2, '{}');",
@@ -605,40 +607,69 @@ mod tests {
             .map(Result::unwrap)
             .collect()
         };
-        let queries = [
-            "SELECT * FROM steps ORDER BY run_id, execution, step_index",
-            "SELECT * FROM attempts ORDER BY run_id, execution, step_index, attempt",
-            "SELECT * FROM events ORDER BY run_id, seq",
-        ];
-        let before: Vec<_> = queries.iter().map(|q| dump(&conn, q)).collect();
+        let steps = "SELECT run_id, execution, step_index, step_id, step_type, status, error, \
+                     started_at, completed_at, duration_ms, data FROM steps \
+                     ORDER BY run_id, execution, step_index";
+        let events = "SELECT * FROM events ORDER BY run_id, seq";
+        let before = (dump(&conn, steps), dump(&conn, events));
         migrate(&mut conn, Path::new(":memory:")).unwrap();
-        let after: Vec<_> = queries.iter().map(|q| dump(&conn, q)).collect();
-        assert_eq!(before, after);
-        assert_eq!(before[1].len(), 3);
+        assert_eq!((dump(&conn, steps), dump(&conn, events)), before);
+
+        let r1 = read::get_run(&conn, &RunId::new("r1")).unwrap().unwrap();
+        type Seen<'a> = (u32, bool, Option<&'a str>, u64, i128);
+        let attempts: Vec<Vec<Seen<'_>>> = r1
+            .steps
+            .iter()
+            .map(|s| {
+                s.attempts
+                    .iter()
+                    .map(|a| {
+                        (
+                            a.attempt,
+                            a.success,
+                            a.error.as_deref(),
+                            a.duration_ms,
+                            a.started_at.as_nanosecond(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            attempts,
+            [
+                vec![(1, true, None, 5, 10)],
+                vec![(1, false, Some("boom"), 6, 11), (2, false, Some("boom \"2\""), 7, 12)]
+            ]
+        );
+        let r2 = read::get_run(&conn, &RunId::new("r2")).unwrap().unwrap();
+        assert!(r2.steps[0].attempts.is_empty());
+
         let tables = dump(&conn, "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY 1");
         assert!(!tables.iter().any(|t| t.contains("_v4") || t.contains("_v5")), "{tables:?}");
-        let rowid = |table: &str| {
+        assert!(!tables.iter().any(|t| t.contains("\"attempts\"")), "{tables:?}");
+        let sql = |table: &str| {
             conn.query_row("SELECT sql FROM sqlite_schema WHERE name = ?1", [table], |r| {
                 r.get::<_, String>(0)
             })
             .unwrap()
         };
-        assert!(!rowid("events").contains("WITHOUT ROWID"));
-        assert!(!rowid("steps").contains("WITHOUT ROWID"));
-        assert!(rowid("attempts").contains("REFERENCES steps ("), "{}", rowid("attempts"));
-        let orphan = conn.execute("INSERT INTO attempts VALUES ('r2', 0, 5, 1, 1, NULL, 1, 1)", []);
-        assert!(orphan.is_err(), "an attempt without its step was accepted");
+        assert!(!sql("events").contains("WITHOUT ROWID"));
+        assert!(!sql("steps").contains("WITHOUT ROWID"));
         let duplicate = conn.execute(
             "INSERT INTO events VALUES ('r1', 2, 'e9', 'workflow.completed', 4, '{}')",
             [],
         );
         assert!(duplicate.is_err(), "a seq was reused");
-        conn.execute("DELETE FROM runs WHERE id = 'r1'", []).unwrap();
-        let left = dump(
-            &conn,
-            "SELECT (SELECT count(*) FROM steps), (SELECT count(*) FROM attempts), \
-             (SELECT count(*) FROM events)",
+        let orphan = conn.execute(
+            "INSERT INTO steps (run_id, execution, step_index, step_id, step_type, status) \
+             VALUES ('nope', 0, 0, 'a', 'http', 'running')",
+            [],
         );
-        assert_eq!(left, ["Integer(1)|Integer(0)|Integer(1)"]);
+        assert!(orphan.is_err(), "a step without its run was accepted");
+        conn.execute("DELETE FROM runs WHERE id = 'r1'", []).unwrap();
+        let left =
+            dump(&conn, "SELECT (SELECT count(*) FROM steps), (SELECT count(*) FROM events)");
+        assert_eq!(left, ["Integer(1)|Integer(1)"]);
     }
 }

@@ -1,7 +1,5 @@
 //! Read queries; each runs on a pooled connection on the blocking pool.
 
-use std::collections::BTreeMap;
-
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -9,12 +7,12 @@ use crate::backend::UnfinishedRuns;
 use crate::cursor;
 use crate::error::Result;
 use crate::model::{
-    Attempt, EventRecord, GateDecision, ListQuery, MAX_PAGE_SIZE, Page, PendingGate, RunDetail,
-    RunId, RunRecord, StepRecord,
+    EventRecord, GateDecision, ListQuery, MAX_PAGE_SIZE, Page, PendingGate, RunDetail, RunId,
+    RunRecord, StepRecord,
 };
 use crate::sqlite::codec::{
-    RUN_COLUMNS, json_from_sql, ms_from_sql, opt_ts_from_sql, query_err, run_from_row, ts_from_sql,
-    ts_to_sql, u32_from_sql,
+    RUN_COLUMNS, attempts_from_sql, json_from_sql, ms_from_sql, opt_ts_from_sql, query_err,
+    run_from_row, ts_from_sql, ts_to_sql, u32_from_sql,
 };
 
 /// Builds the list query. Keyset pagination on `(created_at, id)` keeps
@@ -133,36 +131,12 @@ pub(crate) fn get_run(conn: &Connection, id: &RunId) -> Result<Option<RunDetail>
     };
     let Some(run) = run else { return Ok(None) };
 
-    let mut attempts: BTreeMap<(u32, u32), Vec<Attempt>> = BTreeMap::new();
-    {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT execution, step_index, attempt, success, error, duration_ms, started_at \
-                 FROM attempts WHERE run_id = ?1 ORDER BY execution, step_index, attempt",
-            )
-            .map_err(query_err)?;
-        let mut rows = stmt.query([id.as_str()]).map_err(query_err)?;
-        while let Some(row) = rows.next().map_err(query_err)? {
-            let key = (
-                u32_from_sql(row.get(0).map_err(query_err)?, "execution")?,
-                u32_from_sql(row.get(1).map_err(query_err)?, "step index")?,
-            );
-            attempts.entry(key).or_default().push(Attempt {
-                attempt: u32_from_sql(row.get(2).map_err(query_err)?, "attempt")?,
-                success: row.get(3).map_err(query_err)?,
-                error: row.get(4).map_err(query_err)?,
-                duration_ms: ms_from_sql(row.get(5).map_err(query_err)?)?,
-                started_at: ts_from_sql(row.get(6).map_err(query_err)?)?,
-            });
-        }
-    }
-
     let mut steps = Vec::new();
     {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT execution, step_index, step_id, step_type, status, error, started_at, \
-                 completed_at, duration_ms, data FROM steps WHERE run_id = ?1 \
+                 completed_at, duration_ms, data, attempts FROM steps WHERE run_id = ?1 \
                  ORDER BY execution, step_index",
             )
             .map_err(query_err)?;
@@ -186,7 +160,7 @@ pub(crate) fn get_run(conn: &Connection, id: &RunId) -> Result<Option<RunDetail>
                     .map(ms_from_sql)
                     .transpose()?,
                 data: json_from_sql(row.get(9).map_err(query_err)?, "step data")?,
-                attempts: attempts.remove(&(execution, index)).unwrap_or_default(),
+                attempts: attempts_from_sql(row.get(10).map_err(query_err)?)?,
             });
         }
     }

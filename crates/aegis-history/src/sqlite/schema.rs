@@ -206,6 +206,28 @@ DROP TABLE attempts;
 DROP TABLE steps_v4;
 ALTER TABLE attempts_v5 RENAME TO attempts;
 ",
+    // 6: a step's attempts move into its row, as a JSON array (NULL for none).
+    // They are only ever read and written with their step, and as a table of
+    // their own every step record cost two more statements (delete the old
+    // attempts, insert the new) and a page of its own in each commit.
+    r"
+ALTER TABLE steps ADD COLUMN attempts TEXT;
+UPDATE steps SET attempts = (
+    SELECT json_group_array(json_object(
+        'attempt', a.attempt,
+        'success', json(CASE WHEN a.success THEN 'true' ELSE 'false' END),
+        'error', a.error,
+        'duration_ms', a.duration_ms,
+        'started_at', a.started_at))
+    FROM (SELECT * FROM attempts
+          WHERE run_id = steps.run_id AND execution = steps.execution
+            AND step_index = steps.step_index
+          ORDER BY attempt) AS a)
+WHERE EXISTS (SELECT 1 FROM attempts
+              WHERE run_id = steps.run_id AND execution = steps.execution
+                AND step_index = steps.step_index);
+DROP TABLE attempts;
+",
 ];
 
 /// The schema version this build writes; a file with a higher

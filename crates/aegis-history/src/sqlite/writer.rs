@@ -31,7 +31,7 @@ use crate::model::{
     CloseSteps, EventRecord, GateDecision, NewRun, PendingGate, RunId, RunStatus, RunUpdate,
     StepRecord, Transition, Write,
 };
-use crate::sqlite::codec::{json_to_sql, ms_to_sql, opt_ts_to_sql, ts_to_sql};
+use crate::sqlite::codec::{attempts_to_sql, json_to_sql, ms_to_sql, opt_ts_to_sql, ts_to_sql};
 use crate::sqlite::{Conn, lock};
 
 /// One write.
@@ -508,6 +508,12 @@ fn set_run(
     from: Option<&[RunStatus]>,
     keep: u32,
 ) -> Result<u64> {
+    if let Some(from) = from
+        && from == [update.status]
+        && changes_only_status(update)
+    {
+        return confirm_status(conn, id, update.status);
+    }
     // The statuses are the enum's own names, never outside text; each
     // distinct `from` is one cached statement.
     let guard = match from {
@@ -557,6 +563,31 @@ fn set_run(
     if update.status.is_finished() { prune_workflow(conn, &workflow, keep) } else { Ok(0) }
 }
 
+/// Whether `update` sets the status and nothing else.
+fn changes_only_status(update: &RunUpdate) -> bool {
+    let RunUpdate { status: _, started_at, completed_at, duration_ms, error } = update;
+    started_at.is_none() && completed_at.is_none() && duration_ms.is_none() && error.is_none()
+}
+
+/// The compare-and-set that changes nothing ("still `running`", which every
+/// step's start commits): a read inside the write transaction, which holds
+/// the database's write lock, so no other writer can change the status
+/// before the commit. Writing the same row again would move its entries in
+/// both status indexes and dirty their pages in every commit.
+fn confirm_status(conn: &Connection, id: &RunId, expected: RunStatus) -> Result<u64> {
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM runs WHERE id = ?1")
+        .map_err(write_err)?
+        .query_row([id.as_str()], |row| row.get(0))
+        .optional()
+        .map_err(write_err)?;
+    match status {
+        Some(status) if status == expected.as_str() => Ok(0),
+        Some(status) => Err(Error::StatusConflict { run_id: id.to_string(), status }),
+        None => Err(Error::RunNotFound { run_id: id.to_string() }),
+    }
+}
+
 fn ensure_run(conn: &Connection, id: &RunId) -> Result<()> {
     let mut stmt = conn.prepare_cached("SELECT 1 FROM runs WHERE id = ?1").map_err(write_err)?;
     let found = stmt.exists([id.as_str()]).map_err(write_err)?;
@@ -569,13 +600,13 @@ fn record_step(conn: &Connection, id: &RunId, step: &StepRecord) -> Result<()> {
     let upserted = conn
         .prepare_cached(
             "INSERT INTO steps (run_id, execution, step_index, step_id, step_type, status, error, \
-         started_at, completed_at, duration_ms, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         started_at, completed_at, duration_ms, data, attempts) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
          ON CONFLICT (run_id, execution, step_index) DO UPDATE SET \
          step_id = excluded.step_id, step_type = excluded.step_type, status = excluded.status, \
          error = excluded.error, started_at = excluded.started_at, \
          completed_at = excluded.completed_at, duration_ms = excluded.duration_ms, \
-         data = excluded.data",
+         data = excluded.data, attempts = excluded.attempts",
         )
         .map_err(write_err)?
         .execute(params![
@@ -590,42 +621,16 @@ fn record_step(conn: &Connection, id: &RunId, step: &StepRecord) -> Result<()> {
             opt_ts_to_sql(step.completed_at)?,
             step.duration_ms.map(ms_to_sql),
             json_to_sql(step.data.as_ref(), "step data")?,
+            attempts_to_sql(&step.attempts)?,
         ]);
     match upserted {
-        Ok(_) => {}
+        Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
             ensure_run(conn, id)?;
-            return Err(write_err(rusqlite::Error::SqliteFailure(e, None)));
+            Err(write_err(rusqlite::Error::SqliteFailure(e, None)))
         }
-        Err(e) => return Err(write_err(e)),
+        Err(e) => Err(write_err(e)),
     }
-    conn.prepare_cached(
-        "DELETE FROM attempts WHERE run_id = ?1 AND execution = ?2 AND step_index = ?3",
-    )
-    .map_err(write_err)?
-    .execute(params![id.as_str(), step.execution, step.index])
-    .map_err(write_err)?;
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO attempts (run_id, execution, step_index, attempt, success, error, \
-             duration_ms, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .map_err(write_err)?;
-    for attempt in &step.attempts {
-        insert
-            .execute(params![
-                id.as_str(),
-                step.execution,
-                step.index,
-                attempt.attempt,
-                attempt.success,
-                attempt.error,
-                ms_to_sql(attempt.duration_ms),
-                ts_to_sql(attempt.started_at)?,
-            ])
-            .map_err(write_err)?;
-    }
-    Ok(())
 }
 
 fn add_pending_gate(conn: &Connection, gate: &PendingGate) -> Result<()> {
@@ -692,7 +697,7 @@ fn finished_statuses() -> String {
 }
 
 /// Deletes the finished runs of `workflow` older than the newest `keep`
-/// finished ones; steps, attempts and gates go with them by cascade.
+/// finished ones; steps and gates go with them by cascade.
 pub(crate) fn prune_workflow(conn: &Connection, workflow: &str, keep: u32) -> Result<u64> {
     if keep == 0 {
         return Ok(0);
@@ -735,16 +740,70 @@ pub(crate) fn apply_retention(conn: &Connection, keep: u32) -> Result<u64> {
 mod tests {
     use super::*;
 
+    fn migrated() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in crate::sqlite::schema::MIGRATIONS {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn
+    }
+
+    /// "Still `running`", the check each step's start commits, changes no
+    /// row (so it dirties no page of the runs table or its indexes), and
+    /// still refuses a run that moved on.
+    #[test]
+    fn a_transition_to_the_same_status_only_reads() {
+        let conn = migrated();
+        let id = RunId::new("r1");
+        let run = NewRun {
+            id: id.clone(),
+            workflow: "wf".to_owned(),
+            trigger: crate::model::Trigger::Api,
+            request_id: None,
+            created_at: jiff::Timestamp::now(),
+        };
+        create_run(&conn, &run).unwrap();
+        let to = |status, from: &[RunStatus]| {
+            Op::Transition(
+                id.clone(),
+                Transition { from: from.to_vec(), update: RunUpdate::status(status) },
+            )
+        };
+        apply(&conn, &to(RunStatus::Running, &[RunStatus::Queued]), 0).unwrap();
+        let before = conn.total_changes();
+        apply(&conn, &to(RunStatus::Running, &[RunStatus::Running]), 0).unwrap();
+        assert_eq!(conn.total_changes(), before, "the check wrote a row");
+        match apply(&conn, &to(RunStatus::Waiting, &[RunStatus::Waiting]), 0) {
+            Err(Error::StatusConflict { status, .. }) => assert_eq!(status, "running"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let missing = Op::Transition(
+            RunId::new("missing"),
+            Transition {
+                from: vec![RunStatus::Running],
+                update: RunUpdate::status(RunStatus::Running),
+            },
+        );
+        assert!(matches!(apply(&conn, &missing, 0), Err(Error::RunNotFound { .. })));
+        // With another field to set, the same status is written.
+        let started = RunUpdate {
+            started_at: Some(jiff::Timestamp::now()),
+            ..RunUpdate::status(RunStatus::Running)
+        };
+        let stamp = Op::Transition(
+            id.clone(),
+            Transition { from: vec![RunStatus::Running], update: started },
+        );
+        apply(&conn, &stamp, 0).unwrap();
+        assert_eq!(conn.total_changes(), before + 1);
+    }
+
     /// Work queued for the write connection runs in queue order: a task sees
     /// the groups queued before it committed and none queued after it, even
     /// when all of it waits while the connection is busy.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tasks_run_between_batches_in_queue_order() {
-        let conn = Connection::open_in_memory().unwrap();
-        for sql in crate::sqlite::schema::MIGRATIONS {
-            conn.execute_batch(sql).unwrap();
-        }
-        let conn: Conn = Arc::new(Mutex::new(conn));
+        let conn: Conn = Arc::new(Mutex::new(migrated()));
         let committer = Arc::new(Committer::new(Arc::clone(&conn), 64, 0, false));
         let busy = lock(&conn);
         let group = |id: &str| {
