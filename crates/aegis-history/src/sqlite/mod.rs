@@ -142,8 +142,12 @@ impl SqliteHistory {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .map_err(|source| Error::Pool { source })?;
+        // The WAL's copier: a connection of its own copies most of the WAL into
+        // the database beside the committer, which then finishes the copy.
+        let backfill = Connection::open_with_flags(&path, flags).map_err(open_err)?;
+        backfill.busy_timeout(options.busy_timeout).map_err(open_err)?;
         log::info!("history database opened at {}", path.display());
-        Self::start(path, conn, Readers::Pool(pool), &options)
+        Self::start(path, conn, backfill, Readers::Pool(pool), &options)
     }
 
     fn open_memory(options: HistoryOptions) -> Result<Self> {
@@ -154,20 +158,24 @@ impl SqliteHistory {
         migrate(&mut conn, &path)?;
         let conn = Arc::new(Mutex::new(conn));
         let readers = Readers::Shared(Arc::clone(&conn));
-        Ok(Self::start_shared(path, conn, readers, &options, false))
+        Ok(Self::start_shared(path, conn, readers, &options, None))
     }
 
     fn start(
         location: PathBuf,
         conn: Connection,
+        backfill: Connection,
         readers: Readers,
         options: &HistoryOptions,
     ) -> Result<Self> {
-        // Checkpoints are queued by the committer between its batches, never
-        // run inside a writer's commit.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(|source| Error::Open { path: location.clone(), source })?;
-        Ok(Self::start_shared(location, Arc::new(Mutex::new(conn)), readers, options, true))
+        // Checkpoints are run by the committer between its batches (after the
+        // copier has done most of the copying), never inside a writer's commit.
+        for conn in [&conn, &backfill] {
+            conn.pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(|source| Error::Open { path: location.clone(), source })?;
+        }
+        let conn = Arc::new(Mutex::new(conn));
+        Ok(Self::start_shared(location, conn, readers, options, Some(backfill)))
     }
 
     fn start_shared(
@@ -175,10 +183,10 @@ impl SqliteHistory {
         conn: Conn,
         readers: Readers,
         options: &HistoryOptions,
-        checkpoints: bool,
+        backfill: Option<Connection>,
     ) -> Self {
         let write_conn = Arc::clone(&conn);
-        let committer = Committer::new(conn, options.max_batch, options.max_records, checkpoints);
+        let committer = Committer::new(conn, options.max_batch, options.max_records, backfill);
         Self { location, committer: Arc::new(committer), write_conn, readers }
     }
 

@@ -18,6 +18,13 @@
 //! claims, pruning, WAL checkpoints) is queued the same way, as a task run
 //! between two batches in queue order: under a steady stream of commits it waits
 //! for the commits queued before it, not for a pause that may never come.
+//!
+//! Every [`COMMITS_PER_CHECKPOINT`] commits, a file's WAL is copied into the
+//! database in two parts: a copier on a connection of its own (on the blocking
+//! pool) copies what the WAL holds then, while commits go on; then it queues a
+//! checkpoint for the write connection, which copies only the frames committed
+//! meanwhile and so completes the copy (the next commit starts the WAL over).
+//! The committer, which every writer waits for, does a small part of the copying.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -109,9 +116,16 @@ pub(crate) struct Committer {
     max_batch: usize,
     keep: u32,
     commits: AtomicU32,
-    /// Whether the WAL is checkpointed (files only; the write connection has
-    /// automatic checkpoints off).
-    checkpoints: bool,
+    /// The WAL's copier (files only; the write connection has automatic
+    /// checkpoints off). `None`: no checkpoints.
+    copier: Option<Copier>,
+}
+
+/// The connection that copies the WAL beside the committer, and whether it
+/// is copying.
+struct Copier {
+    conn: Mutex<Connection>,
+    busy: AtomicBool,
 }
 
 impl std::fmt::Debug for Committer {
@@ -119,13 +133,13 @@ impl std::fmt::Debug for Committer {
         f.debug_struct("Committer")
             .field("max_batch", &self.max_batch)
             .field("keep", &self.keep)
-            .field("checkpoints", &self.checkpoints)
+            .field("checkpoints", &self.copier.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Committer {
-    pub(crate) fn new(conn: Conn, max_batch: usize, keep: u32, checkpoints: bool) -> Self {
+    pub(crate) fn new(conn: Conn, max_batch: usize, keep: u32, copier: Option<Connection>) -> Self {
         Self {
             conn,
             queue: Mutex::new(VecDeque::new()),
@@ -133,7 +147,8 @@ impl Committer {
             max_batch: max_batch.max(1),
             keep,
             commits: AtomicU32::new(0),
-            checkpoints,
+            copier: copier
+                .map(|conn| Copier { conn: Mutex::new(conn), busy: AtomicBool::new(false) }),
         }
     }
 
@@ -172,7 +187,7 @@ impl Committer {
     /// Works until the queue is empty; run by the one claimant. A panic
     /// lets go of the claim (its commands' callers get `Error::Closed`), so
     /// the next writer schedules a new driver.
-    fn drive(&self) {
+    fn drive(self: &Arc<Self>) {
         struct Release<'a>(&'a AtomicBool);
         impl Drop for Release<'_> {
             fn drop(&mut self) {
@@ -234,13 +249,24 @@ impl Committer {
         if batch.is_empty() { Next::Idle } else { Next::Batch(batch) }
     }
 
-    /// Counts a commit; every [`COMMITS_PER_CHECKPOINT`] of them queues a
-    /// checkpoint behind the work already waiting.
-    fn committed(&self) {
+    /// Counts a commit; every [`COMMITS_PER_CHECKPOINT`] of them starts the
+    /// copier, unless it is still copying (its checkpoint comes then).
+    fn committed(self: &Arc<Self>) {
         let commits = self.commits.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        if self.checkpoints && commits.is_multiple_of(COMMITS_PER_CHECKPOINT) {
-            self.queue().push_back(Queued::Checkpoint);
+        let Some(copier) = &self.copier else { return };
+        if !commits.is_multiple_of(COMMITS_PER_CHECKPOINT)
+            || copier.busy.swap(true, Ordering::SeqCst)
+        {
+            return;
         }
+        let committer = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            if let Some(copier) = &committer.copier {
+                checkpoint(&copier.conn.lock().unwrap_or_else(PoisonError::into_inner));
+                copier.busy.store(false, Ordering::SeqCst);
+            }
+            committer.enqueue(Queued::Checkpoint);
+        });
     }
 }
 
@@ -804,7 +830,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tasks_run_between_batches_in_queue_order() {
         let conn: Conn = Arc::new(Mutex::new(migrated()));
-        let committer = Arc::new(Committer::new(Arc::clone(&conn), 64, 0, false));
+        let committer = Arc::new(Committer::new(Arc::clone(&conn), 64, 0, None));
         let busy = lock(&conn);
         let group = |id: &str| {
             let (reply, answer) = oneshot::channel();
