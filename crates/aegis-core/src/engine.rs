@@ -21,8 +21,8 @@ use crate::gate::{GateOutcome, GateRequest};
 use crate::health::{ServiceHealth, check_services};
 use crate::ledger::{Ledger, RunRef};
 use crate::lifecycle::{Command, End};
-use crate::run::RunHandle;
-use crate::state::{Inner, elapsed_ms, run_ref};
+use crate::run::{Creation, RunHandle};
+use crate::state::{Admission, Inner, elapsed_ms, run_ref};
 use crate::step::{Step, StepRegistry};
 use crate::summary::{RunSummary, counts, rebuild};
 
@@ -270,12 +270,24 @@ impl Engine {
             request_id: options.request_id,
         };
         let queued = EventData::RunQueued(RunQueued { trigger: run.trigger.as_str().to_owned() });
-        self.inner
-            .ledger
-            .commit_new(&reference, vec![Write::CreateRun(run.clone())], vec![queued])
-            .await?;
-        log::debug!("run_id={}: queued for workflow {workflow}", run.id);
-        Ok(crate::run::spawn(&self.inner, reference, run.trigger, admission, None))
+        let trigger = run.trigger;
+        if let Admission::Now(_) = admission {
+            // Admitted at once: the run is created by its first commit, with
+            // its start and its first steps' (one commit less per run).
+            let (done, created) = tokio::sync::oneshot::channel();
+            let creation = Creation { run, queued, done };
+            let handle =
+                crate::run::spawn(&self.inner, reference, trigger, admission, None, Some(creation));
+            return match created.await {
+                Ok(Ok(())) => Ok(handle),
+                Ok(Err(err)) => Err(err.into()),
+                // The execution ended before its first commit: the engine closed.
+                Err(_) => Err(Error::ShuttingDown),
+            };
+        }
+        self.inner.ledger.commit_new(&reference, vec![Write::CreateRun(run)], vec![queued]).await?;
+        log::debug!("run_id={}: queued for workflow {workflow}", reference.id);
+        Ok(crate::run::spawn(&self.inner, reference, trigger, admission, None, None))
     }
 
     /// Submits a run and waits for it to finish (or pause at a gate).
@@ -452,7 +464,7 @@ impl Engine {
                 continue;
             }
             let place = self.inner.queue_place();
-            crate::run::spawn(&self.inner, reference, run.trigger, place, None);
+            crate::run::spawn(&self.inner, reference, run.trigger, place, None, None);
             recovery.requeued.push(run.id);
         }
         for run in unfinished.waiting {

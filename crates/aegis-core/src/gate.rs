@@ -410,7 +410,7 @@ impl Inner {
         };
         let admission = self.admit_accepted(workflow.key());
         let handle =
-            crate::run::spawn(self, reference, detail.run.trigger, admission, Some(resume));
+            crate::run::spawn(self, reference, detail.run.trigger, admission, Some(resume), None);
         Ok(GateOutcome {
             run_id,
             gate_id,

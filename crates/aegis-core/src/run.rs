@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use aegis_config::{Condition, StepKind, Workflow};
 use aegis_history::{
-    Attempt, PendingGate, RunId, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger, Write,
+    Attempt, NewRun, PendingGate, RunId, RunStatus, RunUpdate, StepRecord, StepStatus, Trigger,
+    Write,
 };
 use indexmap::IndexMap;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -84,14 +85,28 @@ pub(crate) struct Resume {
     pub(crate) started_at: Option<jiff::Timestamp>,
 }
 
+/// A run that is not in history yet, admitted at once: it is created by its
+/// first commit (with its first steps' start), and `done` hears how that
+/// commit went, so that [`crate::Engine::submit`] answers only once the run
+/// is stored. One commit less per run than creating it first.
+#[derive(Debug)]
+pub(crate) struct Creation {
+    pub(crate) run: NewRun,
+    /// The `run.queued` event, the run's first.
+    pub(crate) queued: EventData,
+    pub(crate) done: oneshot::Sender<aegis_history::Result<()>>,
+}
+
 /// Starts executing a run on the engine's runtime (once it has its slots),
-/// from the start or as `resume` says.
+/// from the start or as `resume` says; a run with a `creation` is created by
+/// its first commit.
 pub(crate) fn spawn(
     inner: &Arc<Inner>,
     run: RunRef,
     trigger: Trigger,
     admission: Admission,
     resume: Option<Resume>,
+    creation: Option<Creation>,
 ) -> RunHandle {
     let cancel = CancellationToken::new();
     let (done_tx, done) = watch::channel(None);
@@ -100,12 +115,20 @@ pub(crate) fn spawn(
     let owner = Arc::clone(inner);
     inner.spawn(async move {
         let run_id = run.id.clone();
-        let summary =
-            drive(Arc::clone(&owner), run, trigger, admission, cancel, generation, resume).await;
+        let start = Start { admission, resume, creation };
+        let summary = drive(Arc::clone(&owner), run, trigger, start, cancel, generation).await;
         owner.settled(&run_id, generation);
         done_tx.send_replace(Some(Arc::new(summary)));
     });
     handle
+}
+
+/// How a run's execution begins: its slots (or its place in the queue),
+/// where it resumes, and its creation when it is not in history yet.
+struct Start {
+    admission: Admission,
+    resume: Option<Resume>,
+    creation: Option<Creation>,
 }
 
 /// Waits for slots (unless admitted at once), then executes the run.
@@ -113,11 +136,11 @@ async fn drive(
     inner: Arc<Inner>,
     run: RunRef,
     trigger: Trigger,
-    admission: Admission,
+    start: Start,
     cancel: CancellationToken,
     generation: u64,
-    resume: Option<Resume>,
 ) -> RunSummary {
+    let Start { admission, resume, creation } = start;
     let unstarted = |status: RunStatus, error: &str| RunSummary {
         run_id: run.id.to_string(),
         workflow: run.workflow.clone(),
@@ -168,7 +191,7 @@ async fn drive(
         execution: resume.as_ref().map_or(0, |r| r.execution),
         resumed: resume.as_ref().and_then(|r| r.started_at),
         outcomes: IndexMap::new(),
-        carry: Default::default(),
+        carry: Carry { create: creation, ..Carry::default() },
     };
     let (start, exec) = match resume {
         Some(resume) => (resume.start, RunExec { outcomes: resume.outcomes, ..exec }),
@@ -213,6 +236,9 @@ pub(crate) enum Stop {
     Lost,
     /// History refused the commit: the run cannot go on durably.
     Failed(aegis_history::Error),
+    /// History refused the commit that creates the run: there is no run
+    /// (`Engine::submit` fails with the error).
+    Unborn,
 }
 
 impl From<aegis_history::Error> for Stop {
@@ -243,6 +269,9 @@ struct Executed {
 /// meanwhile).
 #[derive(Debug, Default)]
 pub(crate) struct Carry {
+    /// The run's creation, when it is not in history yet, until its first
+    /// commit.
+    create: Option<Creation>,
     /// The run's own start (`queued` → `running`), until its first commit.
     start: Option<RunUpdate>,
     writes: Vec<Write>,
@@ -304,6 +333,7 @@ impl RunExec {
         mut change: Vec<Write>,
         events: Vec<EventData>,
     ) -> Result<(), Stop> {
+        let mut creation = self.carry.create.take();
         if let Some(start) = self.carry.start.take() {
             if command == Command::Progress {
                 // The first progress is the start: the same change, and more.
@@ -314,15 +344,43 @@ impl RunExec {
                 let mut opening = vec![Command::Start.write(&self.run.id, start)];
                 opening.append(&mut self.carry.writes);
                 let opened = std::mem::take(&mut self.carry.events);
-                self.inner.ledger.commit(&self.run, opening, opened).await?;
+                self.commit_first(creation.take(), opening, opened).await?;
             }
         }
         // The run's earlier results come before what this change closes.
         change.splice(1..1, std::mem::take(&mut self.carry.writes));
         let mut announced = std::mem::take(&mut self.carry.events);
         announced.extend(events);
-        self.inner.ledger.commit(&self.run, change, announced).await?;
-        Ok(())
+        self.commit_first(creation, change, announced).await
+    }
+
+    /// Commits `writes` and `events`, first creating the run (and its
+    /// `run.queued`) when `creation` says it is not in history yet; tells the
+    /// creation's waiter how that went.
+    async fn commit_first(
+        &self,
+        creation: Option<Creation>,
+        mut writes: Vec<Write>,
+        mut events: Vec<EventData>,
+    ) -> Result<(), Stop> {
+        let Some(Creation { run, queued, done }) = creation else {
+            self.inner.ledger.commit(&self.run, writes, events).await?;
+            return Ok(());
+        };
+        writes.insert(0, Write::CreateRun(run));
+        events.insert(0, queued);
+        match self.inner.ledger.commit_new(&self.run, writes, events).await {
+            Ok(_) => {
+                log::debug!("run_id={}: created for workflow {}", self.run.id, self.run.workflow);
+                let _ = done.send(Ok(()));
+                Ok(())
+            }
+            Err(err) => {
+                self.inner.ledger.forget(&self.run.id);
+                let _ = done.send(Err(err));
+                Err(Stop::Unborn)
+            }
+        }
     }
 
     /// Records a step's progress while it runs (a failed attempt before the
@@ -473,6 +531,21 @@ impl RunExec {
     /// recovery (it will be `interrupted`).
     async fn stopped(mut self, stop: Stop) -> RunSummary {
         self.inner.settled(&self.run.id, self.generation);
+        if let Stop::Unborn = stop {
+            // Nothing of the run is stored, and its submitter has the error.
+            return RunSummary {
+                run_id: self.run.id.to_string(),
+                workflow: self.workflow.key().to_owned(),
+                status: RunStatus::Failed,
+                trigger: self.trigger,
+                started_at: None,
+                completed_at: None,
+                duration_ms: 0,
+                error: Some("history refused to create the run".to_owned()),
+                waiting_at: None,
+                steps: Vec::new(),
+            };
+        }
         if let Stop::Failed(err) = &stop {
             log::error!("run_id={}: history refused the run's progress: {err}", self.run.id);
             let reason = format!("history refused the run's progress: {err}");

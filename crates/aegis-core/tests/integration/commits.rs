@@ -1,10 +1,11 @@
 //! How many history commits a run costs: a step's result commits with the
-//! next step's start, and the run's start with its first step's, so a run
-//! of `n` steps (run or skipped) takes `n_run + 2` commits — its creation,
-//! one per step started, and its end — and never acts ahead of history.
+//! next step's start, and a run admitted at once is created and started with
+//! its first step's start, so a run of `n` steps (run or skipped) takes
+//! `n_run + 1` commits — one per step started, and its end — and never acts
+//! ahead of history. A run that must queue is created first, on its own.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use aegis_core::{Engine, RunOptions};
 use aegis_history::{
@@ -15,11 +16,13 @@ use aegis_history::{
 
 use crate::common::load;
 
-/// An in-memory history that counts the calls that write.
+/// An in-memory history that counts the calls that write, and refuses the
+/// commits that create a run while `refuse_creation` is set.
 #[derive(Debug, Default)]
 struct Counting {
     inner: InMemoryHistory,
     writes: AtomicUsize,
+    refuse_creation: AtomicBool,
 }
 
 impl Counting {
@@ -52,6 +55,12 @@ impl HistoryBackend for Counting {
     }
     async fn commit(&self, writes: Vec<Write>) -> Result<()> {
         self.wrote();
+        if self.refuse_creation.load(Ordering::SeqCst)
+            && let Some(Write::CreateRun(run)) =
+                writes.iter().find(|w| matches!(w, Write::CreateRun(_)))
+        {
+            return Err(aegis_history::Error::DuplicateRun { run_id: run.id.to_string() });
+        }
         self.inner.commit(writes).await
     }
     async fn events(&self, run_id: &RunId, after: u64, limit: u32) -> Result<Vec<EventRecord>> {
@@ -139,11 +148,11 @@ workflows:
 
     let summary = engine.run("five", RunOptions::new(Trigger::Cli)).await.expect("run");
     assert_eq!(summary.status, RunStatus::Succeeded, "{summary:?}");
-    // Created, then one commit per step started (the first with the run's
+    // One commit per step started (the first with the run's creation and
     // start, each with the results before it), then the end with the last
-    // result: 4 steps run, 1 skipped → 6. Committing each start and result
-    // on its own took 12.
-    assert_eq!(counting.writes.load(Ordering::SeqCst), 6);
+    // result: 4 steps run, 1 skipped → 5. Creating the run on its own took 6;
+    // committing each start and result on its own, 12.
+    assert_eq!(counting.writes.load(Ordering::SeqCst), 5);
 
     // Nothing was lost by folding: every step is recorded, in order.
     let run_id = RunId::new(summary.run_id.clone());
@@ -185,13 +194,69 @@ workflows:
 
     let summary = engine.run("gated", RunOptions::new(Trigger::Cli)).await.expect("run");
     assert_eq!(summary.status, RunStatus::Waiting, "{summary:?}");
-    // Created, started (queued → running, on its own: no step starts with
-    // it), then waiting: the state machine's path, one commit each.
-    assert_eq!(counting.writes.load(Ordering::SeqCst), 3);
+    // Created and started (queued → running: no step starts with it), then
+    // waiting: the state machine's path, each transition a compare-and-set.
+    assert_eq!(counting.writes.load(Ordering::SeqCst), 2);
     let run_id = RunId::new(summary.run_id.clone());
     let detail = history.get_run(&run_id).await.expect("read").expect("stored");
     assert!(detail.run.started_at.is_some());
     let events = engine.run_events(&run_id, 0).await.expect("events");
     let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["run.queued", "workflow.started", "gate.waiting"]);
+}
+
+/// A run admitted at once is created by its first commit: when history
+/// refuses that commit, the submit fails with history's error, nothing of the
+/// run is stored, and no step ran (the marker file is never written).
+#[tokio::test]
+async fn a_refused_creation_fails_the_submit_and_runs_nothing() {
+    let (dir, counting, history, engine) = counting_engine(
+        r#"
+data_dir: ./data
+workflows:
+  marks:
+    steps:
+      - { id: mark, type: command, cwd: ".", argv: [sh, -c, "touch marked"] }
+"#,
+    );
+    counting.refuse_creation.store(true, Ordering::SeqCst);
+    let refused = engine.submit("marks", RunOptions::new(Trigger::Cli)).await;
+    match refused {
+        Err(aegis_core::Error::History(aegis_history::Error::DuplicateRun { .. })) => {}
+        other => panic!("expected history's refusal, got {other:?}"),
+    }
+    let stored = history.list_runs(&ListQuery::default()).await.expect("list");
+    assert!(stored.runs.is_empty(), "{stored:?}");
+    assert!(!dir.path().join("marked").exists(), "the step ran for a run never stored");
+
+    // The slot was given back: with history willing, the next run goes through.
+    counting.refuse_creation.store(false, Ordering::SeqCst);
+    let summary = engine.run("marks", RunOptions::new(Trigger::Cli)).await.expect("run");
+    assert_eq!(summary.status, RunStatus::Succeeded, "{summary:?}");
+    assert!(dir.path().join("marked").exists());
+}
+
+/// A run that must wait for a slot is created (and answered) at once, on its
+/// own commit, and stays `queued` in history until a slot frees.
+#[tokio::test]
+async fn a_run_that_queues_is_created_on_its_own_first() {
+    let (_dir, _counting, history, engine) = counting_engine(
+        r#"
+data_dir: ./data
+server: { max_concurrent_runs: 1 }
+workflows:
+  slow:
+    steps:
+      - { id: nap, type: command, argv: [sh, -c, "sleep 0.5"] }
+"#,
+    );
+    let first = engine.submit("slow", RunOptions::new(Trigger::Cli)).await.expect("first");
+    let second = engine.submit("slow", RunOptions::new(Trigger::Cli)).await.expect("second");
+    let queued = history.get_run(second.id()).await.expect("read").expect("stored at once");
+    assert_eq!(queued.run.status, RunStatus::Queued);
+    let events = engine.run_events(second.id(), 0).await.expect("events");
+    let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["run.queued"]);
+    assert_eq!(first.wait().await.expect("first").status, RunStatus::Succeeded);
+    assert_eq!(second.wait().await.expect("second").status, RunStatus::Succeeded);
 }
