@@ -141,17 +141,8 @@ async fn drive(
     generation: u64,
 ) -> RunSummary {
     let Start { admission, resume, creation } = start;
-    let unstarted = |status: RunStatus, error: &str| RunSummary {
-        run_id: run.id.to_string(),
-        workflow: run.workflow.clone(),
-        status,
-        trigger,
-        started_at: None,
-        completed_at: Some(jiff::Timestamp::now()),
-        duration_ms: 0,
-        error: Some(error.to_owned()),
-        waiting_at: None,
-        steps: Vec::new(),
+    let unstarted = |status: RunStatus, error: &str| {
+        RunSummary::unstarted(&run.id, &run.workflow, trigger, status, error)
     };
     let Some(workflow) = inner.config.workflows().get(&run.workflow).cloned() else {
         return unstarted(RunStatus::Failed, "unknown workflow");
@@ -533,18 +524,13 @@ impl RunExec {
         self.inner.settled(&self.run.id, self.generation);
         if let Stop::Unborn = stop {
             // Nothing of the run is stored, and its submitter has the error.
-            return RunSummary {
-                run_id: self.run.id.to_string(),
-                workflow: self.workflow.key().to_owned(),
-                status: RunStatus::Failed,
-                trigger: self.trigger,
-                started_at: None,
-                completed_at: None,
-                duration_ms: 0,
-                error: Some("history refused to create the run".to_owned()),
-                waiting_at: None,
-                steps: Vec::new(),
-            };
+            return RunSummary::unstarted(
+                &self.run.id,
+                &self.run.workflow,
+                self.trigger,
+                RunStatus::Failed,
+                "history refused to create the run",
+            );
         }
         if let Stop::Failed(err) = &stop {
             log::error!("run_id={}: history refused the run's progress: {err}", self.run.id);

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aegis_history::{RunDetail, RunStatus, StepRecord, StepStatus, Trigger};
+use aegis_history::{RunDetail, RunId, RunStatus, StepRecord, StepStatus, Trigger};
 use indexmap::IndexMap;
 use serde_json::Value;
 
@@ -40,6 +40,28 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// A run that ran no step in this execution: where it stands and why.
+    pub(crate) fn unstarted(
+        run_id: &RunId,
+        workflow: &str,
+        trigger: Trigger,
+        status: RunStatus,
+        error: &str,
+    ) -> Self {
+        RunSummary {
+            run_id: run_id.to_string(),
+            workflow: workflow.to_owned(),
+            status,
+            trigger,
+            started_at: None,
+            completed_at: Some(jiff::Timestamp::now()),
+            duration_ms: 0,
+            error: Some(error.to_owned()),
+            waiting_at: None,
+            steps: Vec::new(),
+        }
+    }
+
     /// Whether the run succeeded.
     pub fn succeeded(&self) -> bool {
         self.status == RunStatus::Succeeded

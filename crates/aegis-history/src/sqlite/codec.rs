@@ -54,60 +54,55 @@ pub(crate) fn json_from_sql(text: Option<String>, what: &'static str) -> Result<
         .transpose()
 }
 
-/// A step's attempts as its row stores them: a JSON array of objects
-/// (`attempt`, `success`, `error`, `duration_ms`, `started_at` in
-/// nanoseconds), or NULL for none.
+/// One attempt as a step's `attempts` column stores it (`started_at` in
+/// nanoseconds, as every time column).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredAttempt {
+    attempt: u32,
+    success: bool,
+    error: Option<String>,
+    duration_ms: u64,
+    started_at: i64,
+}
+
+/// A step's attempts as its row stores them: a JSON array of
+/// [`StoredAttempt`] objects, or NULL for none.
 pub(crate) fn attempts_to_sql(attempts: &[Attempt]) -> Result<Option<String>> {
     if attempts.is_empty() {
         return Ok(None);
     }
-    let rows = attempts
+    let stored = attempts
         .iter()
         .map(|a| {
-            Ok(serde_json::json!({
-                "attempt": a.attempt,
-                "success": a.success,
-                "error": a.error,
-                "duration_ms": a.duration_ms,
-                "started_at": ts_to_sql(a.started_at)?,
-            }))
+            Ok(StoredAttempt {
+                attempt: a.attempt,
+                success: a.success,
+                error: a.error.clone(),
+                duration_ms: a.duration_ms,
+                started_at: ts_to_sql(a.started_at)?,
+            })
         })
-        .collect::<Result<Vec<Value>>>()?;
-    json_to_sql(Some(&Value::Array(rows)), "step attempts")
+        .collect::<Result<Vec<_>>>()?;
+    serde_json::to_string(&stored)
+        .map(Some)
+        .map_err(|source| Error::Json { what: "step attempts", source })
 }
 
 /// Reads what [`attempts_to_sql`] stored, in attempt order.
 pub(crate) fn attempts_from_sql(text: Option<String>) -> Result<Vec<Attempt>> {
-    let Some(value) = json_from_sql(text, "step attempts")? else { return Ok(Vec::new()) };
-    let invalid = |value: &Value| Error::InvalidStoredValue {
-        what: "step attempts",
-        value: value.to_string().chars().take(200).collect(),
-    };
-    let Value::Array(rows) = &value else { return Err(invalid(&value)) };
-    let mut attempts = rows
-        .iter()
-        .map(|row| {
-            let int = |key: &str| row.get(key).and_then(Value::as_i64);
-            let attempt = int("attempt").and_then(|n| u32::try_from(n).ok());
-            let success = row.get("success").and_then(Value::as_bool);
-            let duration_ms = row.get("duration_ms").and_then(Value::as_u64);
-            let error = match row.get("error") {
-                None | Some(Value::Null) => Some(None),
-                Some(Value::String(error)) => Some(Some(error.clone())),
-                Some(_) => None,
-            };
-            match (attempt, success, duration_ms, int("started_at"), error) {
-                (Some(attempt), Some(success), Some(duration_ms), Some(at), Some(error)) => {
-                    Ok(Attempt {
-                        attempt,
-                        success,
-                        error,
-                        duration_ms,
-                        started_at: ts_from_sql(at)?,
-                    })
-                }
-                _ => Err(invalid(row)),
-            }
+    let Some(text) = text else { return Ok(Vec::new()) };
+    let stored: Vec<StoredAttempt> = serde_json::from_str(&text)
+        .map_err(|source| Error::Json { what: "step attempts", source })?;
+    let mut attempts = stored
+        .into_iter()
+        .map(|a| {
+            Ok(Attempt {
+                attempt: a.attempt,
+                success: a.success,
+                error: a.error,
+                duration_ms: a.duration_ms,
+                started_at: ts_from_sql(a.started_at)?,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     attempts.sort_by_key(|a| a.attempt);

@@ -572,19 +572,11 @@ fn set_run(
         .optional()
         .map_err(write_err)?;
     let Some(workflow) = workflow else {
-        let status: Option<String> = match from {
+        let status = match from {
             None => None,
-            Some(_) => conn
-                .prepare_cached("SELECT status FROM runs WHERE id = ?1")
-                .map_err(write_err)?
-                .query_row([id.as_str()], |row| row.get(0))
-                .optional()
-                .map_err(write_err)?,
+            Some(_) => stored_status(conn, id)?,
         };
-        return Err(match status {
-            Some(status) => Error::StatusConflict { run_id: id.to_string(), status },
-            None => Error::RunNotFound { run_id: id.to_string() },
-        });
+        return Err(refused(id, status));
     };
     if update.status.is_finished() { prune_workflow(conn, &workflow, keep) } else { Ok(0) }
 }
@@ -601,16 +593,27 @@ fn changes_only_status(update: &RunUpdate) -> bool {
 /// before the commit. Writing the same row again would move its entries in
 /// both status indexes and dirty their pages in every commit.
 fn confirm_status(conn: &Connection, id: &RunId, expected: RunStatus) -> Result<u64> {
-    let status: Option<String> = conn
-        .prepare_cached("SELECT status FROM runs WHERE id = ?1")
+    match stored_status(conn, id)? {
+        Some(status) if status == expected.as_str() => Ok(0),
+        status => Err(refused(id, status)),
+    }
+}
+
+/// A run's status as stored; `None` when there is no such run.
+fn stored_status(conn: &Connection, id: &RunId) -> Result<Option<String>> {
+    conn.prepare_cached("SELECT status FROM runs WHERE id = ?1")
         .map_err(write_err)?
         .query_row([id.as_str()], |row| row.get(0))
         .optional()
-        .map_err(write_err)?;
+        .map_err(write_err)
+}
+
+/// Why a compare-and-set on a run with this stored status (none: no run)
+/// did not apply.
+fn refused(id: &RunId, status: Option<String>) -> Error {
     match status {
-        Some(status) if status == expected.as_str() => Ok(0),
-        Some(status) => Err(Error::StatusConflict { run_id: id.to_string(), status }),
-        None => Err(Error::RunNotFound { run_id: id.to_string() }),
+        Some(status) => Error::StatusConflict { run_id: id.to_string(), status },
+        None => Error::RunNotFound { run_id: id.to_string() },
     }
 }
 
