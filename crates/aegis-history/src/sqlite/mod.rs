@@ -545,6 +545,27 @@ mod tests {
         }
     }
 
+    /// Every delivery inserted or attempted updates each index of `deliveries`
+    /// inside the committer's transactions, so the table keeps only the ones a
+    /// hot path searches: its id (redeliver), the pending rows (the
+    /// dispatcher) and a run's rows. The log's status filter walks the log
+    /// newest first and stops at its limit, without a sort.
+    #[test]
+    fn deliveries_keep_only_the_indexes_a_hot_path_searches() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' ORDER BY name")
+            .unwrap();
+        let names: Vec<String> =
+            stmt.query_map([], |row| row.get(0)).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(names, ["deliveries_by_run", "deliveries_due", "sqlite_autoindex_deliveries_1"]);
+        let sql = "SELECT seq FROM deliveries WHERE status = 'failed' AND webhook = 0 \
+                   ORDER BY seq DESC LIMIT 51";
+        let plan = plan(&conn, sql);
+        assert!(!plan.contains("TEMP B-TREE"), "{sql}\nsorts:\n{plan}");
+    }
+
     /// The dispatcher's claim and due-time queries search an index on one
     /// webhook's pending rows, never scan the whole outbox (which keeps
     /// delivered rows).
