@@ -10,3 +10,5 @@ mod conformance;
 mod crash;
 #[path = "integration/faults.rs"]
 mod faults;
+#[path = "integration/outbox.rs"]
+mod outbox;

@@ -21,40 +21,52 @@ use crate::sqlite::codec::{
 use crate::sqlite::writer::write_err;
 
 /// Columns of `deliveries` in the order [`delivery_from_row`] reads them.
-const COLUMNS: &str = "seq, id, webhook, event_id, run_id, event_type, envelope, status, \
+/// A delivery that names its event's `seq` reads the envelope from the ledger.
+const COLUMNS: &str = "seq, id, webhook, event_id, run_id, event_type, \
+                       CASE WHEN event_seq IS NULL THEN envelope ELSE (SELECT e.envelope \
+                       FROM events e WHERE e.run_id = deliveries.run_id \
+                       AND e.seq = deliveries.event_seq) END, status, \
                        attempt_count, next_attempt_at, created_at";
+
+/// Enqueues a delivery. `in_ledger` is the `seq` of its event when the same
+/// transaction appends that event with these very bytes: the row then names
+/// it instead of keeping a copy of the envelope.
+pub(crate) fn enqueue(conn: &Connection, new: &NewDelivery, in_ledger: Option<u64>) -> Result<u64> {
+    let at = ts_to_sql(new.created_at)?;
+    let event_seq = in_ledger.and_then(|seq| i64::try_from(seq).ok());
+    let envelope = if event_seq.is_some() { "" } else { new.envelope.as_str() };
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO deliveries (id, webhook, event_id, run_id, event_type, envelope, \
+             event_seq, status, attempt_count, next_attempt_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, ?8)",
+        )
+        .map_err(write_err)?
+        .execute(params![
+            new.id,
+            new.webhook,
+            new.event_id,
+            new.run_id.as_str(),
+            new.event_type,
+            envelope,
+            event_seq,
+            at,
+        ]);
+    match inserted {
+        Ok(_) => Ok(0),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(Error::DuplicateDelivery { id: new.id.clone() })
+        }
+        Err(e) => Err(write_err(e)),
+    }
+}
 
 /// Applies one outbox write inside the committer's transaction.
 pub(crate) fn apply(conn: &Connection, write: &Write) -> Result<u64> {
     match write {
-        Write::EnqueueDelivery(new) => {
-            let at = ts_to_sql(new.created_at)?;
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT INTO deliveries (id, webhook, event_id, run_id, event_type, envelope, \
-                     status, attempt_count, next_attempt_at, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7)",
-                )
-                .map_err(write_err)?
-                .execute(params![
-                    new.id,
-                    new.webhook,
-                    new.event_id,
-                    new.run_id.as_str(),
-                    new.event_type,
-                    new.envelope,
-                    at,
-                ]);
-            match inserted {
-                Ok(_) => Ok(0),
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(Error::DuplicateDelivery { id: new.id.clone() })
-                }
-                Err(e) => Err(write_err(e)),
-            }
-        }
+        Write::EnqueueDelivery(new) => enqueue(conn, new, None),
         Write::RecordDeliveryAttempt(result) => {
             let (status, next) = match result.outcome {
                 DeliveryOutcome::Delivered => (DeliveryStatus::Delivered, None),

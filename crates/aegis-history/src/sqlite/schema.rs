@@ -236,6 +236,21 @@ DROP TABLE attempts;
 DROP INDEX deliveries_by_status;
 DROP INDEX deliveries_by_webhook;
 ",
+    // 8: a delivery of an event committed with it names the event's `seq`
+    // instead of copying its envelope (the body is the ledger's bytes, read
+    // when claimed or listed), and `envelope` is left empty. Before a run is
+    // deleted (retention), its deliveries copy the envelopes they still name,
+    // so a delivery outlives its run as it did.
+    r"
+ALTER TABLE deliveries ADD COLUMN event_seq INTEGER;
+CREATE TRIGGER deliveries_keep_envelopes BEFORE DELETE ON runs BEGIN
+    UPDATE deliveries SET
+        envelope = (SELECT e.envelope FROM events e
+                    WHERE e.run_id = OLD.id AND e.seq = deliveries.event_seq),
+        event_seq = NULL
+    WHERE run_id = OLD.id AND event_seq IS NOT NULL;
+END;
+",
 ];
 
 /// The schema version this build writes; a file with a higher

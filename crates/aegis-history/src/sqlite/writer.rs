@@ -387,6 +387,22 @@ fn apply(conn: &Connection, op: &Op, keep: u32) -> Result<u64> {
             let mut total = 0;
             let mut rest = ops.as_slice();
             while let Some((op, tail)) = rest.split_first() {
+                if let Op::Outbox(Write::EnqueueDelivery(new)) = op {
+                    // Its event committed here, byte for byte: name it.
+                    let in_ledger = ops.iter().find_map(|op| match op {
+                        Op::AppendEvent(event)
+                            if event.id == new.event_id
+                                && event.run_id == new.run_id
+                                && event.envelope == new.envelope =>
+                        {
+                            Some(event.seq)
+                        }
+                        _ => None,
+                    });
+                    total += crate::sqlite::outbox::enqueue(conn, new, in_ledger)?;
+                    rest = tail;
+                    continue;
+                }
                 let Op::AppendEvent(first) = op else {
                     total += apply(conn, op, keep)?;
                     rest = tail;
