@@ -252,6 +252,21 @@ impl Server {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Whether stderr comes to contain `needle` within 10 s. Log lines reach the file
+    /// through the server's writer thread, a moment after what they describe.
+    pub fn stderr_comes_to_contain(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `request` and returns the answer; panics with the server's stderr when the
     /// connection fails.
     pub fn send(&self, request: &Request) -> Response {

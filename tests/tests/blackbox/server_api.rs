@@ -305,7 +305,7 @@ fn the_request_id_is_echoed_and_carried_by_the_events_it_causes() {
     // A request id with control characters is replaced, not echoed.
     let odd = server.send(&Request::get("/health").header("X-Request-ID", "a b"));
     assert_ne!(odd.header("x-request-id"), Some("a b"));
-    assert!(server.stderr().contains("bb-req-42"), "the request line is logged with its id");
+    assert!(server.stderr_comes_to_contain("bb-req-42"), "the request line is logged with its id");
 }
 
 // --- Server-sent events ----------------------------------------------------------------
