@@ -33,7 +33,15 @@ pub(crate) fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the engine runtime")?;
-    let (engine, history) = engine_runtime.block_on(start_engine(Arc::clone(&config)))?;
+    let webhook_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("aegis-webhooks")
+        .on_thread_start(background_priority)
+        .enable_all()
+        .build()
+        .context("cannot start the webhook runtime")?;
+    let (engine, history) = engine_runtime
+        .block_on(start_engine(Arc::clone(&config), webhook_runtime.handle().clone()))?;
     let mut state = AppState::new(engine.clone());
     if let Some(sink) = request_log {
         state = state.with_request_log(Arc::new(sink));
@@ -102,6 +110,9 @@ pub(crate) fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
         Err(err) => log::error!("could not record running runs as interrupted: {err}"),
     }
     drop(engine);
+    // Deliveries still in flight end here (their attempts are made again after
+    // the next start), letting go of the store.
+    webhook_runtime.shutdown_timeout(WEBHOOK_STOP);
     // Dropping the last handle of the store commits every queued write before exit.
     drop(history);
     engine_runtime.shutdown_timeout(grace);
@@ -110,8 +121,32 @@ pub(crate) fn run(flags: &Flags) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long deliveries in flight at shutdown may take to end.
+const WEBHOOK_STOP: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Gives the calling thread the `SCHED_IDLE` policy (Linux; elsewhere this
+/// does nothing): it runs when no thread of normal priority wants the CPU,
+/// so that deliveries never take it from runs (SPEC section 6: delivery
+/// never slows a run), and an idle machine delivers at full speed.
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+            set_thread_priority_and_policy, thread_native_id,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        if let Err(err) =
+            set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
+        {
+            log::warn!("webhook deliveries run at normal priority: cannot lower it: {err:?}");
+        }
+    }
+}
+
 async fn start_engine(
     config: Arc<aegis_config::Config>,
+    webhook_runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<(Engine, Arc<dyn HistoryBackend>)> {
     let history_config = config.history();
     let options = HistoryOptions::with_max_records(history_config.max_records());
@@ -125,7 +160,8 @@ async fn start_engine(
                 .with_context(|| "cannot open the history store")?,
         )
     };
-    let engine = Engine::builder(config, Arc::clone(&history)).build()?;
+    let engine =
+        Engine::builder(config, Arc::clone(&history)).webhook_runtime(webhook_runtime).build()?;
     let recovery = engine.recover().await.context("cannot recover unfinished runs")?;
     if !(recovery.interrupted.is_empty()
         && recovery.requeued.is_empty()

@@ -10,6 +10,14 @@
 //! claimed again once the lease lapses, and pending ones are simply due
 //! after a restart. Delivery is therefore at least once; receivers
 //! deduplicate on `webhook-id`, the event's id.
+//!
+//! The workers and their requests run on the engine's webhook runtime
+//! (`EngineBuilder::webhook_runtime`; the server's has threads of a lower
+//! scheduling priority, so deliveries take the CPU only when runs leave it).
+//! Every store call they make is made from the engine's runtime
+//! ([`on_engine`]): a commit is driven on the blocking pool of the runtime
+//! that queues it, and one driven by a low-priority thread would hold up
+//! the runs' commits queued behind it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
@@ -84,21 +92,23 @@ pub(crate) fn spawn(inner: &Arc<Inner>) {
         })
         .collect();
     let history = Arc::clone(&inner.history);
-    inner.spawn(async move {
+    let engine = inner.runtime().clone();
+    inner.webhook_runtime().spawn(async move {
         // One process uses this store: the claims of one that died (kill -9
         // mid-attempt) are released rather than waited out.
-        match history.release_delivery_claims().await {
+        let released = engine.spawn(async move { history.release_delivery_claims().await });
+        match released.await.unwrap_or(Err(aegis_history::Error::Closed)) {
             Ok(0) => {}
             Ok(n) => log::info!("webhooks: {n} deliveries claimed by a previous process resume"),
             Err(err) => log::warn!("webhooks: cannot release earlier claims: {err}"),
         }
-        // This task runs on the engine's runtime, so the workers do too.
+        // This task runs on the webhook runtime, so the workers do too.
         for worker in workers {
             tokio::spawn(worker.run());
         }
     });
     let weak = Arc::downgrade(inner);
-    inner.spawn(async move {
+    inner.webhook_runtime().spawn(async move {
         let mut ticks = tokio::time::interval(PRUNE_INTERVAL);
         loop {
             ticks.tick().await;
@@ -107,7 +117,8 @@ pub(crate) fn spawn(inner: &Arc<Inner>) {
                 return;
             }
             let before = Timestamp::now() - signed(KEEP_DELIVERED);
-            match inner.history.prune_deliveries(before).await {
+            let history = Arc::clone(&inner.history);
+            match on_engine(&inner, async move { history.prune_deliveries(before).await }).await {
                 Ok(0) => {}
                 Ok(n) => log::debug!("webhook delivery log: {n} delivered rows deleted"),
                 Err(err) => log::warn!("cannot prune the webhook delivery log: {err}"),
@@ -128,6 +139,16 @@ fn client() -> reqwest::Result<reqwest::Client> {
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(IN_FLIGHT)
         .build()
+}
+
+/// Runs a store call (or a ledger commit) on the engine's runtime and waits
+/// for it there; `Error::Closed` when that runtime is gone.
+async fn on_engine<T, F>(inner: &Inner, call: F) -> aegis_history::Result<T>
+where
+    F: Future<Output = aegis_history::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    inner.runtime().spawn(call).await.unwrap_or(Err(aegis_history::Error::Closed))
 }
 
 fn signed(duration: Duration) -> jiff::SignedDuration {
@@ -171,7 +192,10 @@ impl Worker {
                     until: now + signed(LEASE),
                     limit: u32::try_from(CLAIM_BATCH - queue.len()).unwrap_or(1),
                 };
-                match inner.history.claim_deliveries(&claim).await {
+                let history = Arc::clone(&inner.history);
+                let claimed =
+                    on_engine(&inner, async move { history.claim_deliveries(&claim).await }).await;
+                match claimed {
                     Ok(claimed) => {
                         claimed_any = !claimed.is_empty();
                         queue.extend(claimed);
@@ -190,7 +214,9 @@ impl Worker {
                 self.done.notified().await;
                 continue;
             }
-            let next = match inner.history.next_delivery_due(self.index).await {
+            let (history, index) = (Arc::clone(&inner.history), self.index);
+            let next = on_engine(&inner, async move { history.next_delivery_due(index).await });
+            let next = match next.await {
                 Ok(next) => next,
                 Err(err) => {
                     log::warn!("webhook {}: cannot read the outbox: {err}", self.index);
@@ -228,7 +254,7 @@ impl Worker {
         let client = self.client.clone();
         let done = Arc::clone(&self.done);
         let index = self.index;
-        inner.clone().spawn(async move {
+        inner.webhook_runtime().clone().spawn(async move {
             deliver(&inner, &client, index, &webhook, delivery).await;
             drop(permit);
             done.notify_one();
@@ -288,7 +314,8 @@ async fn deliver(
     let recorded = if outcome == DeliveryOutcome::Failed && delivery.event_type != WEBHOOK_FAILED {
         give_up(inner, index, webhook, &delivery, attempt_no, &answer, record).await
     } else {
-        inner.history.commit(vec![record]).await
+        let history = Arc::clone(&inner.history);
+        on_engine(inner, async move { history.commit(vec![record]).await }).await
     };
     if let Err(err) = recorded {
         // The claim lapses and the attempt is made again.
@@ -338,18 +365,22 @@ async fn give_up(
         workflow: workflow_of(&delivery.envelope),
         request_id: None,
     };
-    let committed = inner
-        .ledger
-        .commit_detached(&run, vec![record.clone()], vec![EventData::WebhookFailed(data)])
-        .await;
-    match committed {
-        Ok(_) => Ok(()),
-        Err(aegis_history::Error::RunNotFound { .. }) => {
-            // Retention deleted the run: the failure is in the log only.
-            inner.history.commit(vec![record]).await
+    let engine = Arc::clone(inner);
+    on_engine(inner, async move {
+        let committed = engine
+            .ledger
+            .commit_detached(&run, vec![record.clone()], vec![EventData::WebhookFailed(data)])
+            .await;
+        match committed {
+            Ok(_) => Ok(()),
+            Err(aegis_history::Error::RunNotFound { .. }) => {
+                // Retention deleted the run: the failure is in the log only.
+                engine.history.commit(vec![record]).await
+            }
+            Err(err) => Err(err),
         }
-        Err(err) => Err(err),
-    }
+    })
+    .await
 }
 
 /// The workflow named by an envelope (empty when it names none).

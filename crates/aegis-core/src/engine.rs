@@ -87,6 +87,7 @@ pub struct EngineBuilder {
     client: Option<reqwest::Client>,
     bus_capacity: usize,
     runtime: Option<Handle>,
+    webhook_runtime: Option<Handle>,
 }
 
 impl EngineBuilder {
@@ -96,6 +97,16 @@ impl EngineBuilder {
     /// caller on another runtime (actix-web's workers) needs no hop.
     pub fn runtime(mut self, runtime: Handle) -> Self {
         self.runtime = Some(runtime);
+        self
+    }
+
+    /// Delivers webhooks on this runtime instead of the engine's. Its tasks
+    /// only send requests and wait: every history write they cause is made
+    /// from the engine's runtime. A server gives it threads of a lower
+    /// scheduling priority, so that deliveries yield the CPU to runs when
+    /// both want it (SPEC section 6: delivery never slows a run).
+    pub fn webhook_runtime(mut self, runtime: Handle) -> Self {
+        self.webhook_runtime = Some(runtime);
         self
     }
 
@@ -147,15 +158,19 @@ impl EngineBuilder {
             .map_err(|e| Error::io(&runs_dir, e))?
             .with_outbox(Arc::new(crate::webhook::Outbox::new(self.config.webhooks())));
         let (deadlines, armed) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner::new(
-            self.config,
-            self.history,
-            self.registry,
-            client,
-            ledger,
-            runtime,
-            deadlines,
-        ));
+        let webhook_runtime = self.webhook_runtime.unwrap_or_else(|| runtime.clone());
+        let inner = Arc::new(
+            Inner::new(
+                self.config,
+                self.history,
+                self.registry,
+                client,
+                ledger,
+                runtime,
+                deadlines,
+            )
+            .with_webhook_runtime(webhook_runtime),
+        );
         // Decides gates at their deadlines (see `gate`).
         crate::gate::start_timers(&inner, armed);
         // Removes the folders of runs retention deletes (see `folder`).
@@ -185,6 +200,7 @@ impl Engine {
             client: None,
             bus_capacity: DEFAULT_BUS_CAPACITY,
             runtime: None,
+            webhook_runtime: None,
         }
     }
 

@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     pub(crate) ledger: Ledger,
     /// Where every task of the engine runs.
     runtime: Handle,
+    /// Where the webhook dispatcher's tasks run (see `dispatch`).
+    webhook_runtime: Handle,
     runs_dir: PathBuf,
     global: Arc<Semaphore>,
     workflow_limits: HashMap<String, Arc<Semaphore>>,
@@ -93,6 +95,7 @@ impl Inner {
             interrupting: AtomicBool::new(false),
             deadlines,
             ledger,
+            webhook_runtime: runtime.clone(),
             runtime,
             history,
             registry,
@@ -104,6 +107,17 @@ impl Inner {
     /// The runtime the engine's tasks run on.
     pub(crate) fn runtime(&self) -> &Handle {
         &self.runtime
+    }
+
+    /// Runs the webhook dispatcher on `runtime` rather than the engine's.
+    pub(crate) fn with_webhook_runtime(mut self, runtime: Handle) -> Self {
+        self.webhook_runtime = runtime;
+        self
+    }
+
+    /// The runtime the webhook dispatcher's tasks run on.
+    pub(crate) fn webhook_runtime(&self) -> &Handle {
+        &self.webhook_runtime
     }
 
     pub(crate) fn run_dir(&self, run_id: &RunId) -> PathBuf {

@@ -214,8 +214,11 @@ pub enum Write {
     CloseSteps(RunId, CloseSteps),
     /// Adds a webhook delivery to the outbox, pending and due at its
     /// `created_at`. Committed with the event it carries, so a committed
-    /// event always has its deliveries. Fails with `DuplicateDelivery` when
-    /// the id exists.
+    /// event always has its deliveries. An id is delivered once however
+    /// often it is enqueued: a duplicate fails with `DuplicateDelivery` when
+    /// the store can tell at commit, and is otherwise dropped (SQLite spools
+    /// the deliveries committed with their events and finds a duplicate only
+    /// when it unpacks them; the ledger's ids never repeat).
     EnqueueDelivery(crate::outbox::NewDelivery),
     /// Records an attempt of a delivery and its outcome, releasing the
     /// delivery's claim. Fails with `DeliveryNotFound` for an unknown id.

@@ -565,3 +565,51 @@ webhooks:
     });
     assert_eq!(of_webhook(&log, 0).len(), total);
 }
+
+/// The scheduling policy (`/proc` stat field 41) of each thread of `pid`
+/// named `name`.
+#[cfg(target_os = "linux")]
+fn policies(pid: u32, name: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        if &stat[open + 1..close] != name {
+            continue;
+        }
+        // Fields after the name start at field 3 (state).
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        found.push(fields[41 - 3].parse().unwrap());
+    }
+    found
+}
+
+/// Deliveries run on threads of the `SCHED_IDLE` policy: they take the CPU
+/// only when no run wants it (SPEC section 6: delivery never slows a run);
+/// the engine's threads keep the normal policy.
+#[cfg(target_os = "linux")]
+#[test]
+fn deliveries_run_on_threads_that_yield_the_cpu_to_runs() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&[("/hook", answer(&[200]))]);
+    let yaml = format!(
+        "workflows:\n  nightly:\n    steps: [{{type: report}}]\nwebhooks:\n  - {{url: \"{}\", events: [\"*\"]}}\n",
+        receiver.url("/hook")
+    );
+    aegis_tests::write_config(dir.path(), &yaml);
+    let server = Server::start(dir.path());
+    let run = submit(&server, "nightly");
+    wait_finished(&server, &run);
+    let total = events(&server, &run).len();
+    wait_log(&server, "the deliveries", |log| {
+        log.len() == total && log.iter().all(|d| d["status"] == "delivered")
+    });
+    let webhooks = policies(server.pid(), "aegis-webhooks");
+    assert!(!webhooks.is_empty(), "no aegis-webhooks thread");
+    assert!(webhooks.iter().all(|&p| p == SCHED_IDLE), "aegis-webhooks policies {webhooks:?}");
+    let engine = policies(server.pid(), "aegis-engine");
+    assert!(!engine.is_empty() && engine.iter().all(|&p| p == SCHED_OTHER), "{engine:?}");
+}

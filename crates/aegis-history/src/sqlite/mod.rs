@@ -482,6 +482,8 @@ impl HistoryBackend for SqliteHistory {
         query: &crate::outbox::DeliveryQuery,
     ) -> Result<crate::outbox::DeliveryPage> {
         let query = query.clone();
+        // The log lists every delivery, the spooled ones too.
+        self.on_write_conn(outbox::unpack_spool).await?;
         self.read(move |conn| outbox::list(conn, &query)).await
     }
 

@@ -28,18 +28,146 @@ const COLUMNS: &str = "seq, id, webhook, event_id, run_id, event_type, \
                        AND e.seq = deliveries.event_seq) END, status, \
                        attempt_count, next_attempt_at, created_at";
 
-/// Enqueues a delivery. `in_ledger` is the `seq` of its event when the same
-/// transaction appends that event with these very bytes: the row then names
-/// it instead of keeping a copy of the envelope.
-pub(crate) fn enqueue(conn: &Connection, new: &NewDelivery, in_ledger: Option<u64>) -> Result<u64> {
+/// The deliveries one transaction enqueues with their events, spooled: one
+/// `delivery_spool` row per webhook, written just before the transaction
+/// commits (migration 9). Each entry names its event's `seq`; the body is
+/// the ledger's.
+#[derive(Debug, Default)]
+pub(crate) struct Spool {
+    /// Per webhook: the earliest entry's time and the entries, each a JSON
+    /// array `[id, event_id, run_id, event_type, event_seq, created_at]`.
+    webhooks: std::collections::BTreeMap<u32, (i64, Vec<String>)>,
+}
+
+/// Where the spool stands, to undo what a failed write added.
+#[derive(Debug, Clone)]
+pub(crate) struct SpoolMark(Vec<(u32, usize)>);
+
+impl Spool {
+    /// Spools a delivery whose event, `seq` `event_seq` at `event_time`,
+    /// this transaction appends with the very bytes of its envelope. The
+    /// row's time is at most the event's, so that migration 9's trigger
+    /// finds it before the event's run is deleted.
+    pub(crate) fn push(
+        &mut self,
+        new: &NewDelivery,
+        event_seq: u64,
+        event_time: Timestamp,
+    ) -> Result<()> {
+        let at = ts_to_sql(new.created_at)?;
+        let row_time = at.min(ts_to_sql(event_time)?);
+        let entry = serde_json::to_string(&(
+            &new.id,
+            &new.event_id,
+            new.run_id.as_str(),
+            &new.event_type,
+            event_seq,
+            at,
+        ))
+        .map_err(|source| Error::Json { what: "a spooled delivery", source })?;
+        let (earliest, entries) =
+            self.webhooks.entry(new.webhook).or_insert((row_time, Vec::new()));
+        *earliest = (*earliest).min(row_time);
+        entries.push(entry);
+        Ok(())
+    }
+
+    pub(crate) fn mark(&self) -> SpoolMark {
+        SpoolMark(self.webhooks.iter().map(|(w, (_, e))| (*w, e.len())).collect())
+    }
+
+    /// Drops what was spooled after `mark` (the earliest times may stay
+    /// earlier than they need be, which only unpacks a row sooner).
+    pub(crate) fn undo(&mut self, mark: &SpoolMark) {
+        self.webhooks.retain(|webhook, (_, entries)| {
+            match mark.0.iter().find(|(w, _)| w == webhook) {
+                Some((_, len)) => {
+                    entries.truncate(*len);
+                    true
+                }
+                None => false,
+            }
+        });
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.webhooks.clear();
+    }
+
+    /// Writes the spool rows, inside the transaction.
+    pub(crate) fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO delivery_spool (webhook, count, created_at, entries) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (webhook, (earliest, entries)) in std::mem::take(&mut self.webhooks) {
+            if entries.is_empty() {
+                continue;
+            }
+            let count = entries.len();
+            let mut json =
+                String::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 1);
+            json.push('[');
+            json.push_str(&entries.join(","));
+            json.push(']');
+            stmt.execute(params![webhook, count as i64, earliest, json])?;
+        }
+        Ok(())
+    }
+}
+
+/// Unpacks spool rows into `deliveries`, in order (the SQL of migration 9's
+/// trigger, for rows chosen by `seq`).
+const UNPACK: &str = "INSERT OR IGNORE INTO deliveries (id, webhook, event_id, run_id, \
+    event_type, envelope, event_seq, status, attempt_count, next_attempt_at, created_at, \
+    updated_at) SELECT e.value ->> 0, s.webhook, e.value ->> 1, e.value ->> 2, \
+    e.value ->> 3, '', e.value ->> 4, 'pending', 0, e.value ->> 5, e.value ->> 5, \
+    e.value ->> 5 FROM delivery_spool s, json_each(s.entries) e WHERE s.seq = ?1 \
+    ORDER BY e.key";
+
+fn unpack_row(conn: &Connection, seq: i64) -> Result<()> {
+    conn.prepare_cached(UNPACK).map_err(write_err)?.execute([seq]).map_err(write_err)?;
+    conn.prepare_cached("DELETE FROM delivery_spool WHERE seq = ?1")
+        .map_err(write_err)?
+        .execute([seq])
+        .map_err(write_err)?;
+    Ok(())
+}
+
+/// Unpacks every spool row, oldest first, inside the caller's transaction.
+pub(crate) fn unpack_all(conn: &Connection) -> Result<u64> {
+    let seqs: Vec<i64> = conn
+        .prepare_cached("SELECT seq FROM delivery_spool ORDER BY seq")
+        .map_err(write_err)?
+        .query_map([], |row| row.get(0))
+        .map_err(write_err)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(write_err)?;
+    for &seq in &seqs {
+        unpack_row(conn, seq)?;
+    }
+    Ok(seqs.len() as u64)
+}
+
+/// Unpacks the whole spool in a transaction of its own (before the log is
+/// read, so that it lists every delivery).
+pub(crate) fn unpack_spool(conn: &mut Connection) -> Result<u64> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(write_err)?;
+    let n = unpack_all(&tx)?;
+    tx.commit().map_err(write_err)?;
+    Ok(n)
+}
+
+/// Enqueues a delivery as a row of its own, with a copy of its body.
+pub(crate) fn enqueue(conn: &Connection, new: &NewDelivery) -> Result<u64> {
     let at = ts_to_sql(new.created_at)?;
-    let event_seq = in_ledger.and_then(|seq| i64::try_from(seq).ok());
-    let envelope = if event_seq.is_some() { "" } else { new.envelope.as_str() };
     let inserted = conn
         .prepare_cached(
             "INSERT INTO deliveries (id, webhook, event_id, run_id, event_type, envelope, \
-             event_seq, status, attempt_count, next_attempt_at, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, ?8)",
+             status, attempt_count, next_attempt_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7)",
         )
         .map_err(write_err)?
         .execute(params![
@@ -48,8 +176,7 @@ pub(crate) fn enqueue(conn: &Connection, new: &NewDelivery, in_ledger: Option<u6
             new.event_id,
             new.run_id.as_str(),
             new.event_type,
-            envelope,
-            event_seq,
+            new.envelope,
             at,
         ]);
     match inserted {
@@ -66,7 +193,7 @@ pub(crate) fn enqueue(conn: &Connection, new: &NewDelivery, in_ledger: Option<u6
 /// Applies one outbox write inside the committer's transaction.
 pub(crate) fn apply(conn: &Connection, write: &Write) -> Result<u64> {
     match write {
-        Write::EnqueueDelivery(new) => enqueue(conn, new, None),
+        Write::EnqueueDelivery(new) => enqueue(conn, new),
         Write::RecordDeliveryAttempt(result) => {
             let (status, next) = match result.outcome {
                 DeliveryOutcome::Delivered => (DeliveryStatus::Delivered, None),
@@ -109,14 +236,20 @@ pub(crate) fn apply(conn: &Connection, write: &Write) -> Result<u64> {
         }
         Write::Redeliver(id, at) => {
             let at = ts_to_sql(*at)?;
-            let changed = conn
-                .prepare_cached(
+            let again = |conn: &Connection| -> Result<usize> {
+                conn.prepare_cached(
                     "UPDATE deliveries SET status = 'pending', attempt_count = 0, \
                      next_attempt_at = ?2, claimed_until = NULL, updated_at = ?2 WHERE id = ?1",
                 )
                 .map_err(write_err)?
                 .execute(params![id, at])
-                .map_err(write_err)?;
+                .map_err(write_err)
+            };
+            let mut changed = again(conn)?;
+            if changed == 0 && unpack_all(conn)? > 0 {
+                // Still spooled, maybe (never attempted yet).
+                changed = again(conn)?;
+            }
             if changed == 0 {
                 return Err(Error::DeliveryNotFound { id: id.clone() });
             }
@@ -153,6 +286,34 @@ pub(crate) fn claim(conn: &mut Connection, claim: &DeliveryClaim) -> Result<Vec<
         .map_err(write_err)?;
     let now = ts_to_sql(claim.now)?;
     let until = ts_to_sql(claim.until)?;
+    // Unpack this webhook's oldest spool rows until the claim can be filled
+    // (or the spool is empty): the spool holds the newest deliveries, so
+    // older ones due again go first.
+    for _ in 0..claim.limit {
+        let due: i64 = tx
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE webhook = ?1 \
+                 AND status = 'pending' AND next_attempt_at <= ?2 \
+                 AND (claimed_until IS NULL OR claimed_until <= ?2) LIMIT ?3)",
+            )
+            .map_err(write_err)?
+            .query_row(params![claim.webhook, now, claim.limit], |row| row.get(0))
+            .map_err(write_err)?;
+        if due >= i64::from(claim.limit) {
+            break;
+        }
+        let oldest: Option<i64> = tx
+            .prepare_cached(
+                "SELECT seq FROM delivery_spool WHERE webhook = ?1 AND created_at <= ?2 \
+                 ORDER BY seq LIMIT 1",
+            )
+            .map_err(write_err)?
+            .query_row(params![claim.webhook, now], |row| row.get(0))
+            .optional()
+            .map_err(write_err)?;
+        let Some(seq) = oldest else { break };
+        unpack_row(&tx, seq)?;
+    }
     let mut claimed = {
         let sql = format!(
             "UPDATE deliveries SET claimed_until = ?3 WHERE seq IN (SELECT seq FROM deliveries \
@@ -205,8 +366,9 @@ pub(crate) fn prune(conn: &mut Connection, before: Timestamp) -> Result<u64> {
 pub(crate) fn next_due(conn: &Connection, webhook: u32) -> Result<Option<Timestamp>> {
     let at: Option<i64> = conn
         .prepare_cached(
-            "SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, 0))) FROM deliveries \
-             WHERE webhook = ?1 AND status = 'pending'",
+            "SELECT MIN(at) FROM (SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, 0))) \
+             AS at FROM deliveries WHERE webhook = ?1 AND status = 'pending' \
+             UNION ALL SELECT MIN(created_at) FROM delivery_spool WHERE webhook = ?1)",
         )
         .map_err(query_err)?
         .query_row([webhook], |row| row.get(0))
@@ -215,9 +377,12 @@ pub(crate) fn next_due(conn: &Connection, webhook: u32) -> Result<Option<Timesta
 }
 
 pub(crate) fn counts(conn: &Connection) -> Result<Vec<(u32, DeliveryStatus, u64)>> {
+    // Spooled deliveries are pending.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT webhook, status, count(*) FROM deliveries GROUP BY webhook, status \
+            "SELECT webhook, status, SUM(n) FROM (SELECT webhook, status, count(*) AS n \
+             FROM deliveries GROUP BY webhook, status UNION ALL SELECT webhook, 'pending', \
+             SUM(count) FROM delivery_spool GROUP BY webhook) GROUP BY webhook, status \
              ORDER BY webhook, status",
         )
         .map_err(query_err)?;

@@ -251,6 +251,42 @@ CREATE TRIGGER deliveries_keep_envelopes BEFORE DELETE ON runs BEGIN
     WHERE run_id = OLD.id AND event_seq IS NOT NULL;
 END;
 ",
+    // 9: the deliveries a transaction enqueues with their events are spooled:
+    // one row per (transaction, webhook) holding them all, instead of a row
+    // each with three index entries in the transaction of every run's commit.
+    // The dispatcher's claim unpacks a webhook's oldest spool rows into
+    // `deliveries` as it needs them; the log's reads and a redelivery unpack
+    // all. `created_at` is the earliest entry's. Before a run is deleted, the
+    // spool rows that may hold its events are unpacked, then the envelopes
+    // its deliveries name are copied as in 8.
+    r"
+CREATE TABLE delivery_spool (
+    seq        INTEGER PRIMARY KEY,
+    webhook    INTEGER NOT NULL,
+    count      INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    entries    TEXT NOT NULL
+);
+CREATE INDEX delivery_spool_by_webhook ON delivery_spool (webhook, seq);
+CREATE INDEX delivery_spool_by_time ON delivery_spool (created_at);
+DROP TRIGGER deliveries_keep_envelopes;
+CREATE TRIGGER deliveries_keep_envelopes BEFORE DELETE ON runs BEGIN
+    INSERT OR IGNORE INTO deliveries (id, webhook, event_id, run_id, event_type, envelope,
+        event_seq, status, attempt_count, next_attempt_at, created_at, updated_at)
+    SELECT e.value ->> 0, s.webhook, e.value ->> 1, e.value ->> 2, e.value ->> 3, '',
+        e.value ->> 4, 'pending', 0, e.value ->> 5, e.value ->> 5, e.value ->> 5
+    FROM delivery_spool s, json_each(s.entries) e
+    WHERE s.created_at <= (SELECT MAX(time) FROM events WHERE run_id = OLD.id)
+    ORDER BY s.seq, e.key;
+    DELETE FROM delivery_spool
+    WHERE created_at <= (SELECT MAX(time) FROM events WHERE run_id = OLD.id);
+    UPDATE deliveries SET
+        envelope = (SELECT e.envelope FROM events e
+                    WHERE e.run_id = OLD.id AND e.seq = deliveries.event_seq),
+        event_seq = NULL
+    WHERE run_id = OLD.id AND event_seq IS NOT NULL;
+END;
+",
 ];
 
 /// The schema version this build writes; a file with a higher

@@ -39,6 +39,7 @@ use crate::model::{
     StepRecord, Transition, Write,
 };
 use crate::sqlite::codec::{attempts_to_sql, json_to_sql, ms_to_sql, opt_ts_to_sql, ts_to_sql};
+use crate::sqlite::outbox::Spool;
 use crate::sqlite::{Conn, lock};
 
 /// One write.
@@ -304,7 +305,11 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Command>, keep: u32) {
     // Writes seldom fail: apply them all at once first, and only when one
     // fails start over with a savepoint per write, so that the failing one
     // is undone alone (each savepoint costs two more statements per write).
-    let outcomes: Vec<Result<u64>> = batch.iter().map(|c| apply(conn, &c.op, keep)).collect();
+    // The deliveries enqueued with their events are spooled meanwhile and
+    // written just before the commit.
+    let mut spool = Spool::default();
+    let outcomes: Vec<Result<u64>> =
+        batch.iter().map(|c| apply(conn, &c.op, keep, &mut spool)).collect();
     let outcomes = if outcomes.iter().all(Result::is_ok) || batch.len() == 1 {
         if outcomes.iter().any(Result::is_err) {
             // The one write failed, maybe halfway: undo it.
@@ -319,9 +324,10 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Command>, keep: u32) {
             fail_all(batch.drain(..), e);
             return;
         }
-        batch.iter().map(|c| apply_alone(conn, &c.op, keep)).collect()
+        spool.clear();
+        batch.iter().map(|c| apply_alone(conn, &c.op, keep, &mut spool)).collect()
     };
-    match control(conn, "COMMIT") {
+    match spool.flush(conn).and_then(|()| control(conn, "COMMIT")) {
         Ok(()) => answer(batch.drain(..).zip(outcomes)),
         Err(e) => {
             log::error!("failed to commit history write batch of {}: {e}", batch.len());
@@ -335,11 +341,13 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Command>, keep: u32) {
 
 /// Applies one write inside a savepoint of its own: if it fails, it is
 /// undone alone and the rest of the transaction stays.
-fn apply_alone(conn: &Connection, op: &Op, keep: u32) -> Result<u64> {
+fn apply_alone(conn: &Connection, op: &Op, keep: u32, spool: &mut Spool) -> Result<u64> {
     control(conn, "SAVEPOINT write").map_err(write_err)?;
-    match apply(conn, op, keep) {
+    let mark = spool.mark();
+    match apply(conn, op, keep, spool) {
         Ok(n) => control(conn, "RELEASE write").map(|()| n).map_err(write_err),
         Err(e) => {
+            spool.undo(&mark);
             if let Err(undo) =
                 control(conn, "ROLLBACK TO write").and_then(|()| control(conn, "RELEASE write"))
             {
@@ -369,7 +377,7 @@ pub(crate) fn write_err(e: rusqlite::Error) -> Error {
     Error::Write { source: Arc::new(e) }
 }
 
-fn apply(conn: &Connection, op: &Op, keep: u32) -> Result<u64> {
+fn apply(conn: &Connection, op: &Op, keep: u32, spool: &mut Spool) -> Result<u64> {
     match op {
         Op::CreateRun(run) => create_run(conn, run).map(|()| 0),
         Op::UpdateRun(id, update) => update_run(conn, id, update, keep),
@@ -388,23 +396,27 @@ fn apply(conn: &Connection, op: &Op, keep: u32) -> Result<u64> {
             let mut rest = ops.as_slice();
             while let Some((op, tail)) = rest.split_first() {
                 if let Op::Outbox(Write::EnqueueDelivery(new)) = op {
-                    // Its event committed here, byte for byte: name it.
+                    // Its event committed here, byte for byte: spool it,
+                    // naming the event.
                     let in_ledger = ops.iter().find_map(|op| match op {
                         Op::AppendEvent(event)
                             if event.id == new.event_id
                                 && event.run_id == new.run_id
                                 && event.envelope == new.envelope =>
                         {
-                            Some(event.seq)
+                            Some(event)
                         }
                         _ => None,
                     });
-                    total += crate::sqlite::outbox::enqueue(conn, new, in_ledger)?;
+                    match in_ledger {
+                        Some(event) => spool.push(new, event.seq, event.time)?,
+                        None => total += crate::sqlite::outbox::enqueue(conn, new)?,
+                    }
                     rest = tail;
                     continue;
                 }
                 let Op::AppendEvent(first) = op else {
-                    total += apply(conn, op, keep)?;
+                    total += apply(conn, op, keep, spool)?;
                     rest = tail;
                     continue;
                 };
@@ -814,11 +826,14 @@ mod tests {
                 Transition { from: from.to_vec(), update: RunUpdate::status(status) },
             )
         };
-        apply(&conn, &to(RunStatus::Running, &[RunStatus::Queued]), 0).unwrap();
+        apply(&conn, &to(RunStatus::Running, &[RunStatus::Queued]), 0, &mut Spool::default())
+            .unwrap();
         let before = conn.total_changes();
-        apply(&conn, &to(RunStatus::Running, &[RunStatus::Running]), 0).unwrap();
+        apply(&conn, &to(RunStatus::Running, &[RunStatus::Running]), 0, &mut Spool::default())
+            .unwrap();
         assert_eq!(conn.total_changes(), before, "the check wrote a row");
-        match apply(&conn, &to(RunStatus::Waiting, &[RunStatus::Waiting]), 0) {
+        match apply(&conn, &to(RunStatus::Waiting, &[RunStatus::Waiting]), 0, &mut Spool::default())
+        {
             Err(Error::StatusConflict { status, .. }) => assert_eq!(status, "running"),
             other => panic!("expected a conflict, got {other:?}"),
         }
@@ -829,7 +844,10 @@ mod tests {
                 update: RunUpdate::status(RunStatus::Running),
             },
         );
-        assert!(matches!(apply(&conn, &missing, 0), Err(Error::RunNotFound { .. })));
+        assert!(matches!(
+            apply(&conn, &missing, 0, &mut Spool::default()),
+            Err(Error::RunNotFound { .. })
+        ));
         // With another field to set, the same status is written.
         let started = RunUpdate {
             started_at: Some(jiff::Timestamp::now()),
@@ -839,7 +857,7 @@ mod tests {
             id.clone(),
             Transition { from: vec![RunStatus::Running], update: started },
         );
-        apply(&conn, &stamp, 0).unwrap();
+        apply(&conn, &stamp, 0, &mut Spool::default()).unwrap();
         assert_eq!(conn.total_changes(), before + 1);
     }
 
@@ -884,5 +902,44 @@ mod tests {
         let all: i64 =
             lock(&conn).query_row("SELECT count(*) FROM runs", [], |r| r.get(0)).unwrap();
         assert_eq!(all, 2);
+    }
+
+    /// A batch where one group fails is applied again group by group: the
+    /// failing group's spooled deliveries go with it, the others' commit.
+    #[test]
+    fn a_failed_group_takes_its_spooled_deliveries_with_it() {
+        use crate::conformance::{delivery, event, new_run};
+        let conn = migrated();
+        let (a, b) = (new_run("a", "wf", 0), new_run("b", "wf", 0));
+        let group = |ops: Vec<Write>| {
+            let (reply, answer) = oneshot::channel();
+            let op = Op::Atomic(ops.into_iter().map(Op::from).collect());
+            (Command { op, reply }, answer)
+        };
+        let (ok, mut ok_answer) = group(vec![
+            Write::CreateRun(a.clone()),
+            Write::AppendEvent(event(&a.id, 1)),
+            Write::EnqueueDelivery(delivery("a-1", &a.id, 1, 0, 1)),
+        ]);
+        // Its second event skips a seq: the group fails after spooling.
+        let (bad, mut bad_answer) = group(vec![
+            Write::CreateRun(b.clone()),
+            Write::AppendEvent(event(&b.id, 1)),
+            Write::EnqueueDelivery(delivery("b-1", &b.id, 1, 0, 1)),
+            Write::AppendEvent(event(&b.id, 3)),
+        ]);
+        let mut batch = vec![ok, bad];
+        commit_batch(&conn, &mut batch, 0);
+        assert!(matches!(ok_answer.try_recv(), Ok(Ok(_))));
+        assert!(matches!(bad_answer.try_recv(), Ok(Err(Error::SeqConflict { .. }))));
+        let entries: Vec<String> = conn
+            .prepare("SELECT entries FROM delivery_spool")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(entries.len(), 1);
+        assert!(entries[0].contains("\"a-1\"") && !entries[0].contains("b-1"), "{entries:?}");
     }
 }

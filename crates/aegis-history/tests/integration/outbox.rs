@@ -1,9 +1,13 @@
-//! How the SQLite outbox stores a delivery's body: by reference to the ledger
-//! while its event is there, as a copy once its run is deleted.
+//! How the SQLite outbox stores deliveries: those committed with their
+//! events are spooled (one row per transaction and webhook) and unpacked as
+//! the dispatcher claims them; an unpacked delivery names its event while the
+//! event is in the ledger and keeps a copy of the body once its run is
+//! deleted.
 
 use aegis_history::conformance::{delivery, event, new_run, ts};
 use aegis_history::{
-    DeliveryClaim, DeliveryQuery, HistoryBackend, HistoryOptions, SqliteHistory, Write,
+    DeliveryClaim, DeliveryQuery, DeliveryStatus, HistoryBackend, HistoryOptions, SqliteHistory,
+    Write,
 };
 
 fn stored(path: &std::path::Path) -> Vec<(String, String, Option<i64>)> {
@@ -16,8 +20,28 @@ fn stored(path: &std::path::Path) -> Vec<(String, String, Option<i64>)> {
         .collect()
 }
 
+/// The spool's rows: webhook, count, and the delivery ids they hold.
+fn spooled(path: &std::path::Path) -> Vec<(u32, i64, Vec<String>)> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt =
+        conn.prepare("SELECT webhook, count, entries FROM delivery_spool ORDER BY seq").unwrap();
+    stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .map(|(webhook, count, entries)| {
+            let entries: Vec<serde_json::Value> = serde_json::from_str(&entries).unwrap();
+            let ids = entries.iter().map(|e| e[0].as_str().unwrap().to_owned()).collect();
+            (webhook, count, ids)
+        })
+        .collect()
+}
+
+fn claim(webhook: u32, limit: u32) -> DeliveryClaim {
+    DeliveryClaim { webhook, now: ts(10), until: ts(20), limit }
+}
+
 #[tokio::test]
-async fn a_delivery_names_its_event_and_keeps_a_copy_only_when_it_must() {
+async fn deliveries_committed_with_their_events_are_spooled_and_unpacked_when_claimed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("aegis_history.db");
     let history = SqliteHistory::open(&path, HistoryOptions::with_max_records(1)).await.unwrap();
@@ -28,29 +52,49 @@ async fn a_delivery_names_its_event_and_keeps_a_copy_only_when_it_must() {
         .commit(vec![
             Write::CreateRun(old.clone()),
             Write::AppendEvent(event(&old.id, 1)),
+            Write::AppendEvent(event(&old.id, 2)),
             Write::EnqueueDelivery(delivery("d-1", &old.id, 1, 0, 1)),
+            Write::EnqueueDelivery(delivery("d-2", &old.id, 2, 0, 2)),
+            Write::EnqueueDelivery(delivery("d-1b", &old.id, 1, 1, 1)),
             Write::EnqueueDelivery(other.clone()),
         ])
         .await
         .unwrap();
-    // The event committed with its delivery is named; a body that is not the
-    // ledger's is kept as given.
+    // The deliveries of the events committed here are one spool row per
+    // webhook; a body that is not the ledger's is a row of its own, copied.
+    assert_eq!(
+        spooled(&path),
+        [(0, 2, vec!["d-1".to_owned(), "d-2".to_owned()]), (1, 1, vec!["d-1b".to_owned()])]
+    );
+    assert_eq!(stored(&path), [("d-other".to_owned(), other.envelope.clone(), None)]);
+    // Spooled deliveries count as pending and are due.
+    let counts = history.delivery_counts().await.unwrap();
+    assert_eq!(counts, [(0, DeliveryStatus::Pending, 3), (1, DeliveryStatus::Pending, 1)]);
+    assert_eq!(history.next_delivery_due(1).await.unwrap(), Some(ts(1)));
+
+    // A claim of one leaves the spool alone while the log has a due row; a
+    // claim of more unpacks the webhook's oldest spool row, and only it.
+    let first = history.claim_deliveries(&claim(0, 1)).await.unwrap();
+    assert_eq!(first.iter().map(|d| d.enqueued.id.as_str()).collect::<Vec<_>>(), ["d-other"]);
+    assert_eq!(spooled(&path).len(), 2);
+    let claimed = history.claim_deliveries(&claim(0, 10)).await.unwrap();
+    let bodies: Vec<&str> = claimed.iter().map(|d| d.enqueued.envelope.as_str()).collect();
+    assert_eq!(bodies, [event(&old.id, 1).envelope.as_str(), event(&old.id, 2).envelope.as_str()]);
+    assert_eq!(claimed[1].enqueued.event_id, "r-old-2");
+    assert_eq!(spooled(&path), [(1, 1, vec!["d-1b".to_owned()])]);
+    // Unpacked, a delivery names its event instead of copying the body.
     assert_eq!(
         stored(&path),
         [
-            ("d-1".to_owned(), String::new(), Some(1)),
             ("d-other".to_owned(), other.envelope.clone(), None),
+            ("d-1".to_owned(), String::new(), Some(1)),
+            ("d-2".to_owned(), String::new(), Some(2)),
         ]
     );
-    let claimed = history
-        .claim_deliveries(&DeliveryClaim { webhook: 0, now: ts(10), until: ts(20), limit: 10 })
-        .await
-        .unwrap();
-    let bodies: Vec<&str> = claimed.iter().map(|d| d.enqueued.envelope.as_str()).collect();
-    assert_eq!(bodies, [event(&old.id, 1).envelope.as_str(), other.envelope.as_str()]);
 
-    // Retention (one run kept) deletes the old run and its events: the
-    // delivery copies the envelope first and still carries it.
+    // Retention (one run kept) deletes the old run and its events: the spool
+    // row still holding one of them is unpacked first, and every delivery
+    // copies its envelope.
     let newer = new_run("r-new", "nightly", 5);
     history.create_run(&newer).await.unwrap();
     history
@@ -66,10 +110,82 @@ async fn a_delivery_names_its_event_and_keeps_a_copy_only_when_it_must() {
         .unwrap();
     history.apply_retention().await.unwrap();
     assert!(history.get_run(&old.id).await.unwrap().is_none(), "retention kept the old run");
-    assert_eq!(stored(&path)[0], ("d-1".to_owned(), event(&old.id, 1).envelope, None));
+    assert!(spooled(&path).is_empty());
+    let kept = stored(&path);
+    assert_eq!(kept[1], ("d-1".to_owned(), event(&old.id, 1).envelope, None));
+    assert_eq!(kept[3], ("d-1b".to_owned(), event(&old.id, 1).envelope, None));
     let page =
         history.list_deliveries(&DeliveryQuery { limit: 10, ..Default::default() }).await.unwrap();
-    let bodies: Vec<&str> =
-        page.deliveries.iter().map(|d| d.delivery.enqueued.envelope.as_str()).collect();
-    assert_eq!(bodies, [other.envelope.as_str(), event(&old.id, 1).envelope.as_str()]);
+    let ids: Vec<&str> = page.deliveries.iter().map(|d| d.delivery.enqueued.id.as_str()).collect();
+    assert_eq!(ids, ["d-1b", "d-2", "d-1", "d-other"]);
+    assert_eq!(page.deliveries[0].delivery.enqueued.envelope, event(&old.id, 1).envelope);
+}
+
+#[tokio::test]
+async fn the_log_and_a_redelivery_see_spooled_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aegis_history.db");
+    let history = SqliteHistory::open(&path, HistoryOptions::default()).await.unwrap();
+    let run = new_run("r", "nightly", 0);
+    history
+        .commit(vec![
+            Write::CreateRun(run.clone()),
+            Write::AppendEvent(event(&run.id, 1)),
+            Write::EnqueueDelivery(delivery("d-1", &run.id, 1, 0, 1)),
+        ])
+        .await
+        .unwrap();
+    history
+        .commit(vec![
+            Write::AppendEvent(event(&run.id, 2)),
+            Write::EnqueueDelivery(delivery("d-2", &run.id, 2, 0, 2)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(spooled(&path).len(), 2);
+    // A redelivery of a spooled (never attempted) delivery finds it.
+    history.commit(vec![Write::Redeliver("d-2".to_owned(), ts(3))]).await.unwrap();
+    assert!(spooled(&path).is_empty());
+    history
+        .commit(vec![
+            Write::AppendEvent(event(&run.id, 3)),
+            Write::EnqueueDelivery(delivery("d-3", &run.id, 3, 0, 3)),
+        ])
+        .await
+        .unwrap();
+    // The log lists it, pending, with its body and no attempts.
+    let page = history
+        .list_deliveries(&DeliveryQuery {
+            run_id: Some(run.id.clone()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listed: Vec<(&str, DeliveryStatus, &str)> = page
+        .deliveries
+        .iter()
+        .map(|d| {
+            (
+                d.delivery.enqueued.id.as_str(),
+                d.delivery.status,
+                d.delivery.enqueued.envelope.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("d-3", DeliveryStatus::Pending, event(&run.id, 3).envelope.as_str()),
+            ("d-2", DeliveryStatus::Pending, event(&run.id, 2).envelope.as_str()),
+            ("d-1", DeliveryStatus::Pending, event(&run.id, 1).envelope.as_str()),
+        ]
+    );
+    assert_eq!(page.deliveries[1].delivery.next_attempt_at, Some(ts(3)));
+    assert!(spooled(&path).is_empty());
+    // Nothing is lost across a restart either way.
+    drop(history);
+    let history = SqliteHistory::open(&path, HistoryOptions::default()).await.unwrap();
+    let claimed = history.claim_deliveries(&claim(0, 10)).await.unwrap();
+    assert_eq!(claimed.len(), 3);
 }
