@@ -39,6 +39,11 @@ pub(crate) struct Spool {
     webhooks: std::collections::BTreeMap<u32, (i64, Vec<String>)>,
 }
 
+/// Whether `text` is a JSON string's content as it is (nothing to escape).
+fn plain_json(text: &str) -> bool {
+    text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 /// Where the spool stands, to undo what a failed write added.
 #[derive(Debug, Clone)]
 pub(crate) struct SpoolMark(Vec<(u32, usize)>);
@@ -56,15 +61,23 @@ impl Spool {
     ) -> Result<()> {
         let at = ts_to_sql(new.created_at)?;
         let row_time = at.min(ts_to_sql(event_time)?);
-        let entry = serde_json::to_string(&(
-            &new.id,
-            &new.event_id,
-            new.run_id.as_str(),
-            &new.event_type,
-            event_seq,
-            at,
-        ))
-        .map_err(|source| Error::Json { what: "a spooled delivery", source })?;
+        let texts = [new.id.as_str(), &new.event_id, new.run_id.as_str(), &new.event_type];
+        let entry = if texts.iter().all(|t| plain_json(t)) {
+            // Ids and types are plain ASCII: written as they are, quoted.
+            let mut entry =
+                String::with_capacity(texts.iter().map(|t| t.len() + 3).sum::<usize>() + 48);
+            entry.push('[');
+            for text in texts {
+                entry.push('"');
+                entry.push_str(text);
+                entry.push_str("\",");
+            }
+            entry.push_str(&format!("{event_seq},{at}]"));
+            entry
+        } else {
+            serde_json::to_string(&(texts[0], texts[1], texts[2], texts[3], event_seq, at))
+                .map_err(|source| Error::Json { what: "a spooled delivery", source })?
+        };
         let (earliest, entries) =
             self.webhooks.entry(new.webhook).or_insert((row_time, Vec::new()));
         *earliest = (*earliest).min(row_time);
@@ -286,54 +299,66 @@ pub(crate) fn claim(conn: &mut Connection, claim: &DeliveryClaim) -> Result<Vec<
         .map_err(write_err)?;
     let now = ts_to_sql(claim.now)?;
     let until = ts_to_sql(claim.until)?;
-    // Unpack this webhook's oldest spool rows until the claim can be filled
-    // (or the spool is empty): the spool holds the newest deliveries, so
-    // older ones due again go first.
-    for _ in 0..claim.limit {
-        let due: i64 = tx
+    // Due rows of the log first (older than anything spooled); when they
+    // do not fill the claim, this webhook's oldest spool rows are unpacked,
+    // enough of them to fill it, and claimed from.
+    let mut claimed = claim_rows(&tx, claim.webhook, now, until, claim.limit)?;
+    let short = u64::from(claim.limit).saturating_sub(claimed.len() as u64);
+    if short > 0 {
+        let rows: Vec<(i64, i64)> = tx
             .prepare_cached(
-                "SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE webhook = ?1 \
-                 AND status = 'pending' AND next_attempt_at <= ?2 \
-                 AND (claimed_until IS NULL OR claimed_until <= ?2) LIMIT ?3)",
+                "SELECT seq, count FROM delivery_spool WHERE webhook = ?1 AND created_at <= ?2 \
+                 ORDER BY seq",
             )
             .map_err(write_err)?
-            .query_row(params![claim.webhook, now, claim.limit], |row| row.get(0))
-            .map_err(write_err)?;
-        if due >= i64::from(claim.limit) {
-            break;
+            .query_map(params![claim.webhook, now], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(write_err)?
+            .map(|row| row.map_err(write_err))
+            .scan(0u64, |unpacked, row| {
+                // Take rows while fewer than `short` are unpacked.
+                (*unpacked < short).then(|| {
+                    if let Ok((_, count)) = &row {
+                        *unpacked += u64::try_from(*count).unwrap_or(0);
+                    }
+                    row
+                })
+            })
+            .collect::<Result<_>>()?;
+        if !rows.is_empty() {
+            for (seq, _) in rows {
+                unpack_row(&tx, seq)?;
+            }
+            let short = u32::try_from(short).unwrap_or(claim.limit);
+            claimed.extend(claim_rows(&tx, claim.webhook, now, until, short)?);
         }
-        let oldest: Option<i64> = tx
-            .prepare_cached(
-                "SELECT seq FROM delivery_spool WHERE webhook = ?1 AND created_at <= ?2 \
-                 ORDER BY seq LIMIT 1",
-            )
-            .map_err(write_err)?
-            .query_row(params![claim.webhook, now], |row| row.get(0))
-            .optional()
-            .map_err(write_err)?;
-        let Some(seq) = oldest else { break };
-        unpack_row(&tx, seq)?;
     }
-    let mut claimed = {
-        let sql = format!(
-            "UPDATE deliveries SET claimed_until = ?3 WHERE seq IN (SELECT seq FROM deliveries \
-             WHERE webhook = ?1 AND status = 'pending' AND next_attempt_at <= ?2 \
-             AND (claimed_until IS NULL OR claimed_until <= ?2) \
-             ORDER BY next_attempt_at, seq LIMIT ?4) RETURNING {COLUMNS}"
-        );
-        let mut stmt = tx.prepare_cached(&sql).map_err(write_err)?;
-        let mut rows =
-            stmt.query(params![claim.webhook, now, until, claim.limit]).map_err(write_err)?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(write_err)? {
-            out.push(delivery_from_row(row)?);
-        }
-        out
-    };
     tx.commit().map_err(write_err)?;
     // RETURNING has no order: earliest due first, then the log's order.
     claimed.sort_by_key(|(seq, d)| (d.next_attempt_at, *seq));
     Ok(claimed.into_iter().map(|(_, d)| d).collect())
+}
+
+/// Claims up to `limit` due rows of the log for `webhook`.
+fn claim_rows(
+    conn: &Connection,
+    webhook: u32,
+    now: i64,
+    until: i64,
+    limit: u32,
+) -> Result<Vec<(i64, Delivery)>> {
+    let sql = format!(
+        "UPDATE deliveries SET claimed_until = ?3 WHERE seq IN (SELECT seq FROM deliveries \
+         WHERE webhook = ?1 AND status = 'pending' AND next_attempt_at <= ?2 \
+         AND (claimed_until IS NULL OR claimed_until <= ?2) \
+         ORDER BY next_attempt_at, seq LIMIT ?4) RETURNING {COLUMNS}"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(write_err)?;
+    let mut rows = stmt.query(params![webhook, now, until, limit]).map_err(write_err)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(write_err)? {
+        out.push(delivery_from_row(row)?);
+    }
+    Ok(out)
 }
 
 /// Releases every claim on pending rows.

@@ -189,3 +189,27 @@ async fn the_log_and_a_redelivery_see_spooled_deliveries() {
     let claimed = history.claim_deliveries(&claim(0, 10)).await.unwrap();
     assert_eq!(claimed.len(), 3);
 }
+
+#[tokio::test]
+async fn spooled_ids_and_types_keep_every_character() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aegis_history.db");
+    let history = SqliteHistory::open(&path, HistoryOptions::default()).await.unwrap();
+    let run = new_run("r", "nightly", 0);
+    let mut odd = event(&run.id, 1);
+    odd.event_type = "odd \"type\" \\ \u{7}".to_owned();
+    let mut new = delivery("d-\"1\"\\", &run.id, 1, 0, 1);
+    new.event_type = odd.event_type.clone();
+    history
+        .commit(vec![
+            Write::CreateRun(run.clone()),
+            Write::AppendEvent(odd.clone()),
+            Write::EnqueueDelivery(new.clone()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(spooled(&path), [(0, 1, vec![new.id.clone()])]);
+    let claimed = history.claim_deliveries(&claim(0, 10)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].enqueued, new);
+}
