@@ -9,9 +9,11 @@ their ratio (target >= 0.9), then, for the webhook rounds, from the delivery log
 the SQLite file: deliveries/s (delivered rows over the span from the first to the last
 attempt, target >= 2,000/s), and event-to-receiver latency p50/p99 (an event's commit
 time to the end of its delivering attempt), and how long the outbox took to drain
-after the load stopped.
+after the load stopped. A last round submits runs at a steady PACED_RATE per second
+(default 50, no wait) for PACED_SECONDS (default 10), far below saturation, for the
+latency a team sees in normal use.
 
-    cargo build --release -p aegis-server -p aegis-api --example mock_qa
+    cargo build --release -p aegis-server && cargo build --release -p aegis-api --example mock_qa
     python3 bench/webhooks.py            # ROUNDS (default 3), DURATION (wrk -d, default 10s)
 
 Needs wrk (bench/server-load.sh installs it from Debian). Traffic stays on 127.0.0.1.
@@ -69,28 +71,69 @@ def measure(work, mock_url, hook_url, name):
     finally:
         server.stop()
     if hook_url:
-        with sqlite3.connect(db) as conn:
-            first, last, delivered = conn.execute(
-                "SELECT MIN(a.at), MAX(a.at), COUNT(*) FROM deliveries d "
-                "JOIN delivery_attempts a ON a.delivery = d.seq WHERE d.status = 'delivered'"
-            ).fetchone()
-            latencies = [
-                row[0] / 1e6
-                for row in conn.execute(
-                    "SELECT a.at + a.duration_ms * 1000000 - e.time FROM deliveries d "
-                    "JOIN delivery_attempts a ON a.delivery = d.seq "
-                    "JOIN events e ON e.run_id = d.run_id AND e.id = d.event_id "
-                    "WHERE d.status = 'delivered'"
-                )
-            ]
-            result["events"] = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-            result["deliveries"] = conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
-            result["delivered"] = delivered
-            result["attempts"] = conn.execute("SELECT COUNT(*) FROM delivery_attempts").fetchone()[0]
-        span = max((last - first) / 1e9, 1e-9) if delivered else None
-        result["deliveries_per_s"] = round(delivered / span, 1) if span else None
-        result["latency_ms_p50"] = round(percentile(latencies, 50), 2) if latencies else None
-        result["latency_ms_p99"] = round(percentile(latencies, 99), 2) if latencies else None
+        result.update(delivery_stats(db))
+    return result
+
+
+def paced(work, mock_url, hook_url, rate, seconds):
+    """Runs submitted at a steady `rate` per second (no wait), well below what the
+    machine can do: the event-to-receiver latency a team sees in normal use."""
+    db = os.path.join(work, "paced.db")
+    config = server_load.config_for(mock_url, db, os.path.join(work, "paced-data"))
+    config += f'webhooks:\n  - {{url: "{hook_url}/api/v1/reports", events: ["*"]}}\n'
+    server = server_load.Server(work, config, "paced")
+    url = f"{server.base}/api/workflows/full_pipeline/run"
+    submitted = 0
+    try:
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            due = start + submitted / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            request = urllib.request.Request(url, data=b"", method="POST")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                response.read()
+            submitted += 1
+        stopped = time.perf_counter()
+        while pending(server.base) > 0 and time.perf_counter() - stopped < 120:
+            time.sleep(0.05)
+        # The last runs may still be running: let their events be delivered too.
+        time.sleep(1)
+        while pending(server.base) > 0 and time.perf_counter() - stopped < 120:
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    result = {"rate": rate, "runs": submitted}
+    result.update(delivery_stats(db))
+    return result
+
+
+def delivery_stats(db):
+    """Deliveries/s and event-to-receiver latency from a round's delivery log."""
+    result = {}
+    with sqlite3.connect(db) as conn:
+        first, last, delivered = conn.execute(
+            "SELECT MIN(a.at), MAX(a.at), COUNT(*) FROM deliveries d "
+            "JOIN delivery_attempts a ON a.delivery = d.seq WHERE d.status = 'delivered'"
+        ).fetchone()
+        latencies = [
+            row[0] / 1e6
+            for row in conn.execute(
+                "SELECT a.at + a.duration_ms * 1000000 - e.time FROM deliveries d "
+                "JOIN delivery_attempts a ON a.delivery = d.seq "
+                "JOIN events e ON e.run_id = d.run_id AND e.id = d.event_id "
+                "WHERE d.status = 'delivered'"
+            )
+        ]
+        result["events"] = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        result["deliveries"] = conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
+        result["delivered"] = delivered
+        result["attempts"] = conn.execute("SELECT COUNT(*) FROM delivery_attempts").fetchone()[0]
+    span = max((last - first) / 1e9, 1e-9) if delivered else None
+    result["deliveries_per_s"] = round(delivered / span, 1) if span else None
+    result["latency_ms_p50"] = round(percentile(latencies, 50), 2) if latencies else None
+    result["latency_ms_p99"] = round(percentile(latencies, 99), 2) if latencies else None
     return result
 
 
@@ -101,12 +144,15 @@ def main():
     hooks = server_load.start_mock()
     hook_url = hooks.stdout.readline().strip()
     rounds = {"none": [], "star": []}
+    rate = float(os.environ.get("PACED_RATE", "50"))
     try:
         for i in range(server_load.ROUNDS):
             for label, url in (("none", None), ("star", hook_url)):
                 result = measure(work, mock_url, url, f"{label}{i}")
                 rounds[label].append(result)
                 print(label, json.dumps(result), flush=True)
+        steady = paced(work, mock_url, hook_url, rate, float(os.environ.get("PACED_SECONDS", "10")))
+        print("paced", json.dumps(steady), flush=True)
     finally:
         for process in (mock, hooks):
             process.stdin.close()
@@ -124,6 +170,7 @@ def main():
         "latency_ms_p50": statistics.median(r["latency_ms_p50"] for r in rounds["star"]),
         "latency_ms_p99": statistics.median(r["latency_ms_p99"] for r in rounds["star"]),
         "every_event_delivered": all(r["delivered"] == r["events"] == r["deliveries"] for r in rounds["star"]),
+        "paced": steady,
         "rounds": rounds,
     }
     print(json.dumps(summary, indent=2))
