@@ -482,8 +482,12 @@ impl HistoryBackend for SqliteHistory {
         query: &crate::outbox::DeliveryQuery,
     ) -> Result<crate::outbox::DeliveryPage> {
         let query = query.clone();
-        // The log lists every delivery, the spooled ones too.
-        self.on_write_conn(outbox::unpack_spool).await?;
+        // The log lists every delivery, the spooled ones too: the spool is
+        // unpacked first, a short transaction at a time.
+        let upto = self.read(outbox::spool_end).await?;
+        while upto > 0
+            && self.on_write_conn(move |conn| outbox::unpack_spool(conn, upto)).await? > 0
+        {}
         self.read(move |conn| outbox::list(conn, &query)).await
     }
 

@@ -147,30 +147,64 @@ fn unpack_row(conn: &Connection, seq: i64) -> Result<()> {
     Ok(())
 }
 
-/// Unpacks every spool row, oldest first, inside the caller's transaction.
-pub(crate) fn unpack_all(conn: &Connection) -> Result<u64> {
-    let seqs: Vec<i64> = conn
-        .prepare_cached("SELECT seq FROM delivery_spool ORDER BY seq")
-        .map_err(write_err)?
-        .query_map([], |row| row.get(0))
-        .map_err(write_err)?
-        .collect::<rusqlite::Result<_>>()
-        .map_err(write_err)?;
-    for &seq in &seqs {
-        unpack_row(conn, seq)?;
-    }
-    Ok(seqs.len() as u64)
+/// How many spooled deliveries one transaction of [`unpack_spool`] unpacks
+/// at most (a row more when a row holds more), so that the runs' commits
+/// queued meanwhile wait for a short one at a time.
+pub(crate) const UNPACK_CHUNK: u64 = 2_000;
+
+/// The newest spool row's `seq` (0 when the spool is empty).
+pub(crate) fn spool_end(conn: &Connection) -> Result<i64> {
+    conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM delivery_spool")
+        .map_err(query_err)?
+        .query_row([], |row| row.get(0))
+        .map_err(query_err)
 }
 
-/// Unpacks the whole spool in a transaction of its own (before the log is
-/// read, so that it lists every delivery).
-pub(crate) fn unpack_spool(conn: &mut Connection) -> Result<u64> {
+/// Unpacks the oldest spool rows up to `seq` `upto`, about
+/// [`UNPACK_CHUNK`] deliveries, in a transaction of its own; 0 once none is
+/// left. The log's reads call it until then (up to the spool's end when they
+/// start), so that they list every delivery committed before them.
+pub(crate) fn unpack_spool(conn: &mut Connection, upto: i64) -> Result<u64> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(write_err)?;
-    let n = unpack_all(&tx)?;
+    let rows: Vec<(i64, i64)> = tx
+        .prepare_cached("SELECT seq, count FROM delivery_spool WHERE seq <= ?1 ORDER BY seq")
+        .map_err(write_err)?
+        .query_map([upto], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(write_err)?
+        .map(|row| row.map_err(write_err))
+        .scan(0u64, |unpacked, row| {
+            (*unpacked < UNPACK_CHUNK).then(|| {
+                if let Ok((_, count)) = &row {
+                    *unpacked += u64::try_from(*count).unwrap_or(0);
+                }
+                row
+            })
+        })
+        .collect::<Result<_>>()?;
+    for &(seq, _) in &rows {
+        unpack_row(&tx, seq)?;
+    }
     tx.commit().map_err(write_err)?;
-    Ok(n)
+    Ok(rows.len() as u64)
+}
+
+/// Unpacks the spool row holding delivery `id`, if one does; whether it did.
+fn unpack_holding(conn: &Connection, id: &str) -> Result<bool> {
+    let seq: Option<i64> = conn
+        .prepare_cached(
+            "SELECT s.seq FROM delivery_spool s, json_each(s.entries) e \
+             WHERE e.value ->> 0 = ?1 LIMIT 1",
+        )
+        .map_err(write_err)?
+        .query_row([id], |row| row.get(0))
+        .optional()
+        .map_err(write_err)?;
+    match seq {
+        Some(seq) => unpack_row(conn, seq).map(|()| true),
+        None => Ok(false),
+    }
 }
 
 /// Enqueues a delivery as a row of its own, with a copy of its body.
@@ -259,7 +293,7 @@ pub(crate) fn apply(conn: &Connection, write: &Write) -> Result<u64> {
                 .map_err(write_err)
             };
             let mut changed = again(conn)?;
-            if changed == 0 && unpack_all(conn)? > 0 {
+            if changed == 0 && unpack_holding(conn, id)? {
                 // Still spooled, maybe (never attempted yet).
                 changed = again(conn)?;
             }
@@ -502,4 +536,51 @@ fn attempts_of(
         out.insert(seq, list);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn migrated() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in crate::sqlite::schema::MIGRATIONS {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn
+    }
+
+    /// A spool row of `n` deliveries of webhook 0.
+    fn spool_row(conn: &Connection, row: usize, n: usize) {
+        let entries: Vec<String> =
+            (0..n).map(|i| format!("[\"d{row}-{i}\",\"e{row}-{i}\",\"r\",\"t\",{i},1]")).collect();
+        conn.execute(
+            "INSERT INTO delivery_spool (webhook, count, created_at, entries) VALUES (0, ?1, 1, ?2)",
+            params![n as i64, format!("[{}]", entries.join(","))],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_spool_is_unpacked_a_short_transaction_at_a_time() {
+        let mut conn = migrated();
+        let n = usize::try_from(UNPACK_CHUNK).unwrap() * 3 / 4;
+        for row in 0..4 {
+            spool_row(&conn, row, n);
+        }
+        let end = spool_end(&conn).unwrap();
+        // Two rows reach the chunk; then the other two; then none is left.
+        assert_eq!(unpack_spool(&mut conn, end).unwrap(), 2);
+        let count = |conn: &Connection, table: &str| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(count(&conn, "deliveries"), 2 * n as i64);
+        assert_eq!(count(&conn, "delivery_spool"), 2);
+        // A row spooled after the log's read began is left for the dispatcher.
+        spool_row(&conn, 4, 1);
+        assert_eq!(unpack_spool(&mut conn, end).unwrap(), 2);
+        assert_eq!(unpack_spool(&mut conn, end).unwrap(), 0);
+        assert_eq!(count(&conn, "deliveries"), 4 * n as i64);
+        assert_eq!(count(&conn, "delivery_spool"), 1);
+    }
 }

@@ -143,9 +143,13 @@ async fn the_log_and_a_redelivery_see_spooled_deliveries() {
         .await
         .unwrap();
     assert_eq!(spooled(&path).len(), 2);
-    // A redelivery of a spooled (never attempted) delivery finds it.
+    // A redelivery of a spooled (never attempted) delivery finds it,
+    // unpacking the one spool row that holds it.
     history.commit(vec![Write::Redeliver("d-2".to_owned(), ts(3))]).await.unwrap();
-    assert!(spooled(&path).is_empty());
+    assert_eq!(spooled(&path), [(0, 1, vec!["d-1".to_owned()])]);
+    let unknown = history.commit(vec![Write::Redeliver("d-none".to_owned(), ts(3))]).await;
+    assert!(matches!(unknown, Err(aegis_history::Error::DeliveryNotFound { .. })), "{unknown:?}");
+    assert_eq!(spooled(&path).len(), 1);
     history
         .commit(vec![
             Write::AppendEvent(event(&run.id, 3)),
@@ -177,11 +181,13 @@ async fn the_log_and_a_redelivery_see_spooled_deliveries() {
         listed,
         [
             ("d-3", DeliveryStatus::Pending, event(&run.id, 3).envelope.as_str()),
-            ("d-2", DeliveryStatus::Pending, event(&run.id, 2).envelope.as_str()),
             ("d-1", DeliveryStatus::Pending, event(&run.id, 1).envelope.as_str()),
+            ("d-2", DeliveryStatus::Pending, event(&run.id, 2).envelope.as_str()),
         ]
     );
-    assert_eq!(page.deliveries[1].delivery.next_attempt_at, Some(ts(3)));
+    // The log is in the order deliveries entered it: d-2 first, unpacked by
+    // its redelivery.
+    assert_eq!(page.deliveries[2].delivery.next_attempt_at, Some(ts(3)));
     assert!(spooled(&path).is_empty());
     // Nothing is lost across a restart either way.
     drop(history);
