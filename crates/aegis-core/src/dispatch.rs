@@ -12,12 +12,10 @@
 //! deduplicate on `webhook-id`, the event's id.
 //!
 //! The workers and their requests run on the engine's webhook runtime
-//! (`EngineBuilder::webhook_runtime`; the server's has threads of a lower
+//! (`EngineBuilder::webhook_runtime`; the server's has a thread of a lower
 //! scheduling priority, so deliveries take the CPU only when runs leave it).
-//! Every store call they make is made from the engine's runtime
-//! ([`on_engine`]): a commit is driven on the blocking pool of the runtime
-//! that queues it, and one driven by a low-priority thread would hold up
-//! the runs' commits queued behind it.
+//! Their writes are committed where every write is, on the store's own
+//! runtime, so a low-priority thread never commits the runs' writes.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
@@ -92,12 +90,10 @@ pub(crate) fn spawn(inner: &Arc<Inner>) {
         })
         .collect();
     let history = Arc::clone(&inner.history);
-    let engine = inner.runtime().clone();
     inner.webhook_runtime().spawn(async move {
         // One process uses this store: the claims of one that died (kill -9
         // mid-attempt) are released rather than waited out.
-        let released = engine.spawn(async move { history.release_delivery_claims().await });
-        match released.await.unwrap_or(Err(aegis_history::Error::Closed)) {
+        match history.release_delivery_claims().await {
             Ok(0) => {}
             Ok(n) => log::info!("webhooks: {n} deliveries claimed by a previous process resume"),
             Err(err) => log::warn!("webhooks: cannot release earlier claims: {err}"),
@@ -117,8 +113,7 @@ pub(crate) fn spawn(inner: &Arc<Inner>) {
                 return;
             }
             let before = Timestamp::now() - signed(KEEP_DELIVERED);
-            let history = Arc::clone(&inner.history);
-            match on_engine(&inner, async move { history.prune_deliveries(before).await }).await {
+            match inner.history.prune_deliveries(before).await {
                 Ok(0) => {}
                 Ok(n) => log::debug!("webhook delivery log: {n} delivered rows deleted"),
                 Err(err) => log::warn!("cannot prune the webhook delivery log: {err}"),
@@ -139,16 +134,6 @@ fn client() -> reqwest::Result<reqwest::Client> {
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(IN_FLIGHT)
         .build()
-}
-
-/// Runs a store call (or a ledger commit) on the engine's runtime and waits
-/// for it there; `Error::Closed` when that runtime is gone.
-async fn on_engine<T, F>(inner: &Inner, call: F) -> aegis_history::Result<T>
-where
-    F: Future<Output = aegis_history::Result<T>> + Send + 'static,
-    T: Send + 'static,
-{
-    inner.runtime().spawn(call).await.unwrap_or(Err(aegis_history::Error::Closed))
 }
 
 fn signed(duration: Duration) -> jiff::SignedDuration {
@@ -192,10 +177,7 @@ impl Worker {
                     until: now + signed(LEASE),
                     limit: u32::try_from(CLAIM_BATCH - queue.len()).unwrap_or(1),
                 };
-                let history = Arc::clone(&inner.history);
-                let claimed =
-                    on_engine(&inner, async move { history.claim_deliveries(&claim).await }).await;
-                match claimed {
+                match inner.history.claim_deliveries(&claim).await {
                     Ok(claimed) => {
                         claimed_any = !claimed.is_empty();
                         queue.extend(claimed);
@@ -214,9 +196,7 @@ impl Worker {
                 self.done.notified().await;
                 continue;
             }
-            let (history, index) = (Arc::clone(&inner.history), self.index);
-            let next = on_engine(&inner, async move { history.next_delivery_due(index).await });
-            let next = match next.await {
+            let next = match inner.history.next_delivery_due(self.index).await {
                 Ok(next) => next,
                 Err(err) => {
                     log::warn!("webhook {}: cannot read the outbox: {err}", self.index);
@@ -314,8 +294,7 @@ async fn deliver(
     let recorded = if outcome == DeliveryOutcome::Failed && delivery.event_type != WEBHOOK_FAILED {
         give_up(inner, index, webhook, &delivery, attempt_no, &answer, record).await
     } else {
-        let history = Arc::clone(&inner.history);
-        on_engine(inner, async move { history.commit(vec![record]).await }).await
+        inner.history.commit(vec![record]).await
     };
     if let Err(err) = recorded {
         // The claim lapses and the attempt is made again.
@@ -365,22 +344,18 @@ async fn give_up(
         workflow: workflow_of(&delivery.envelope),
         request_id: None,
     };
-    let engine = Arc::clone(inner);
-    on_engine(inner, async move {
-        let committed = engine
-            .ledger
-            .commit_detached(&run, vec![record.clone()], vec![EventData::WebhookFailed(data)])
-            .await;
-        match committed {
-            Ok(_) => Ok(()),
-            Err(aegis_history::Error::RunNotFound { .. }) => {
-                // Retention deleted the run: the failure is in the log only.
-                engine.history.commit(vec![record]).await
-            }
-            Err(err) => Err(err),
+    let committed = inner
+        .ledger
+        .commit_detached(&run, vec![record.clone()], vec![EventData::WebhookFailed(data)])
+        .await;
+    match committed {
+        Ok(_) => Ok(()),
+        Err(aegis_history::Error::RunNotFound { .. }) => {
+            // Retention deleted the run: the failure is in the log only.
+            inner.history.commit(vec![record]).await
         }
-    })
-    .await
+        Err(err) => Err(err),
+    }
 }
 
 /// The workflow named by an envelope (empty when it names none).

@@ -709,4 +709,32 @@ mod tests {
             dump(&conn, "SELECT (SELECT count(*) FROM steps), (SELECT count(*) FROM events)");
         assert_eq!(left, ["Integer(1)|Integer(1)"]);
     }
+
+    /// Writes are committed on the blocking pool of the runtime that opened
+    /// the store, whichever runtime the writer calls from: the webhook
+    /// dispatcher's low-priority thread never drives the runs' commits.
+    #[test]
+    fn commits_run_on_the_runtime_that_opened_the_store() {
+        let opener = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("opened-here")
+            .build()
+            .unwrap();
+        let history =
+            opener.block_on(SqliteHistory::open_in_memory(HistoryOptions::default())).unwrap();
+        let caller = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("called-from")
+            .build()
+            .unwrap();
+        let thread = caller
+            .block_on(
+                history.on_write_conn(|_| Ok(std::thread::current().name().map(str::to_owned))),
+            )
+            .unwrap();
+        assert_eq!(thread.as_deref(), Some("opened-here"));
+        drop(history);
+        drop(caller);
+        drop(opener);
+    }
 }

@@ -45,7 +45,7 @@ fn plain_json(text: &str) -> bool {
 }
 
 /// Where the spool stands, to undo what a failed write added.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct SpoolMark(Vec<(u32, usize)>);
 
 impl Spool {
@@ -118,11 +118,7 @@ impl Spool {
                 continue;
             }
             let count = entries.len();
-            let mut json =
-                String::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 1);
-            json.push('[');
-            json.push_str(&entries.join(","));
-            json.push(']');
+            let json = format!("[{}]", entries.join(","));
             stmt.execute(params![webhook, count as i64, earliest, json])?;
         }
         Ok(())
@@ -168,25 +164,38 @@ pub(crate) fn unpack_spool(conn: &mut Connection, upto: i64) -> Result<u64> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(write_err)?;
-    let rows: Vec<(i64, i64)> = tx
-        .prepare_cached("SELECT seq, count FROM delivery_spool WHERE seq <= ?1 ORDER BY seq")
-        .map_err(write_err)?
-        .query_map([upto], |row| Ok((row.get(0)?, row.get(1)?)))
-        .map_err(write_err)?
-        .map(|row| row.map_err(write_err))
-        .scan(0u64, |unpacked, row| {
-            (*unpacked < UNPACK_CHUNK).then(|| {
-                if let Ok((_, count)) = &row {
-                    *unpacked += u64::try_from(*count).unwrap_or(0);
-                }
-                row
-            })
-        })
-        .collect::<Result<_>>()?;
-    for &(seq, _) in &rows {
-        unpack_row(&tx, seq)?;
-    }
+    let unpacked = unpack_oldest(
+        &tx,
+        "SELECT seq, count FROM delivery_spool WHERE seq <= ?1 ORDER BY seq",
+        params![upto],
+        UNPACK_CHUNK,
+    )?;
     tx.commit().map_err(write_err)?;
+    Ok(unpacked)
+}
+
+/// Unpacks the spool rows `sql` selects (`seq, count`, oldest first) while
+/// fewer than `enough` deliveries are unpacked; how many rows it unpacked.
+fn unpack_oldest(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    enough: u64,
+) -> Result<u64> {
+    let mut rows = Vec::new();
+    let mut deliveries = 0u64;
+    {
+        let mut stmt = conn.prepare_cached(sql).map_err(write_err)?;
+        let mut found = stmt.query(params).map_err(write_err)?;
+        while deliveries < enough {
+            let Some(row) = found.next().map_err(write_err)? else { break };
+            rows.push(row.get::<_, i64>(0).map_err(write_err)?);
+            deliveries += u64::try_from(row.get::<_, i64>(1).map_err(write_err)?).unwrap_or(0);
+        }
+    }
+    for &seq in &rows {
+        unpack_row(conn, seq)?;
+    }
     Ok(rows.len() as u64)
 }
 
@@ -339,29 +348,14 @@ pub(crate) fn claim(conn: &mut Connection, claim: &DeliveryClaim) -> Result<Vec<
     let mut claimed = claim_rows(&tx, claim.webhook, now, until, claim.limit)?;
     let short = u64::from(claim.limit).saturating_sub(claimed.len() as u64);
     if short > 0 {
-        let rows: Vec<(i64, i64)> = tx
-            .prepare_cached(
-                "SELECT seq, count FROM delivery_spool WHERE webhook = ?1 AND created_at <= ?2 \
-                 ORDER BY seq",
-            )
-            .map_err(write_err)?
-            .query_map(params![claim.webhook, now], |row| Ok((row.get(0)?, row.get(1)?)))
-            .map_err(write_err)?
-            .map(|row| row.map_err(write_err))
-            .scan(0u64, |unpacked, row| {
-                // Take rows while fewer than `short` are unpacked.
-                (*unpacked < short).then(|| {
-                    if let Ok((_, count)) = &row {
-                        *unpacked += u64::try_from(*count).unwrap_or(0);
-                    }
-                    row
-                })
-            })
-            .collect::<Result<_>>()?;
-        if !rows.is_empty() {
-            for (seq, _) in rows {
-                unpack_row(&tx, seq)?;
-            }
+        let unpacked = unpack_oldest(
+            &tx,
+            "SELECT seq, count FROM delivery_spool WHERE webhook = ?1 AND created_at <= ?2 \
+             ORDER BY seq",
+            params![claim.webhook, now],
+            short,
+        )?;
+        if unpacked > 0 {
             let short = u32::try_from(short).unwrap_or(claim.limit);
             claimed.extend(claim_rows(&tx, claim.webhook, now, until, short)?);
         }
@@ -542,13 +536,7 @@ fn attempts_of(
 mod tests {
     use super::*;
 
-    fn migrated() -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
-        for sql in crate::sqlite::schema::MIGRATIONS {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn
-    }
+    use crate::sqlite::schema::migrated;
 
     /// A spool row of `n` deliveries of webhook 0.
     fn spool_row(conn: &Connection, row: usize, n: usize) {

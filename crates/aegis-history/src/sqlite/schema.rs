@@ -255,8 +255,8 @@ END;
     // one row per (transaction, webhook) holding them all, instead of a row
     // each with three index entries in the transaction of every run's commit.
     // The dispatcher's claim unpacks a webhook's oldest spool rows into
-    // `deliveries` as it needs them; the log's reads and a redelivery unpack
-    // all. `created_at` is the earliest entry's. Before a run is deleted, the
+    // `deliveries` as it needs them; the log's reads unpack the spool, and a
+    // redelivery the row holding its id. `created_at` is the earliest entry's. Before a run is deleted, the
     // spool rows that may hold its events are unpacked, then the envelopes
     // its deliveries name are copied as in 8.
     r"
@@ -292,3 +292,13 @@ END;
 /// The schema version this build writes; a file with a higher
 /// `user_version` came from a newer Aegis and is refused.
 pub(crate) const LATEST_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// A `:memory:` connection with every migration applied (unit tests).
+#[cfg(test)]
+pub(crate) fn migrated() -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open_in_memory().expect("in-memory database");
+    for sql in MIGRATIONS {
+        conn.execute_batch(sql).expect("migration applies");
+    }
+    conn
+}

@@ -2,7 +2,8 @@
 //! connection, on tokio's blocking pool.
 //!
 //! A writer queues its group of commands and, if no driver is scheduled,
-//! schedules one with `spawn_blocking`; then it waits for its answers. The
+//! schedules one with `spawn_blocking` on the runtime that opened the store;
+//! then it waits for its answers. The
 //! driver commits everything queued (its own writer's group and any other's)
 //! in transactions of up to `max_batch` commands, answers each caller, and
 //! keeps going until the queue is empty; a group queued after its last look
@@ -120,6 +121,12 @@ pub(crate) struct Committer {
     /// The WAL's copier (files only; the write connection has automatic
     /// checkpoints off). `None`: no checkpoints.
     copier: Option<Copier>,
+    /// The runtime whose blocking pool drives the committer: the one that
+    /// opened the store, whichever runtime a writer calls from (a driver
+    /// started by a low-priority thread, such as the webhook dispatcher's,
+    /// would commit everyone's writes at its priority). `None` outside a
+    /// runtime: the caller's.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// The connection that copies the WAL beside the committer, and whether it
@@ -150,6 +157,15 @@ impl Committer {
             commits: AtomicU32::new(0),
             copier: copier
                 .map(|conn| Copier { conn: Mutex::new(conn), busy: AtomicBool::new(false) }),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// Runs `work` on the blocking pool of the store's runtime.
+    fn spawn_blocking(&self, work: impl FnOnce() + Send + 'static) {
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn_blocking(work)),
+            None => drop(tokio::task::spawn_blocking(work)),
         }
     }
 
@@ -176,7 +192,7 @@ impl Committer {
         self.queue().push_back(work);
         if self.claim() {
             let committer = Arc::clone(self);
-            tokio::task::spawn_blocking(move || committer.drive());
+            self.spawn_blocking(move || committer.drive());
         }
     }
 
@@ -261,7 +277,7 @@ impl Committer {
             return;
         }
         let committer = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        self.spawn_blocking(move || {
             if let Some(copier) = &committer.copier {
                 checkpoint(&copier.conn.lock().unwrap_or_else(PoisonError::into_inner));
                 copier.busy.store(false, Ordering::SeqCst);
@@ -797,13 +813,7 @@ pub(crate) fn apply_retention(conn: &Connection, keep: u32) -> Result<u64> {
 mod tests {
     use super::*;
 
-    fn migrated() -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
-        for sql in crate::sqlite::schema::MIGRATIONS {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn
-    }
+    use crate::sqlite::schema::migrated;
 
     /// "Still `running`", the check each step's start commits, changes no
     /// row (so it dirties no page of the runs table or its indexes), and
