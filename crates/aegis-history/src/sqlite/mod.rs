@@ -737,4 +737,49 @@ mod tests {
         drop(caller);
         drop(opener);
     }
+
+    /// The nice value of the calling thread.
+    #[cfg(target_os = "linux")]
+    fn nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
+    /// A write from a thread of lower priority (the webhook dispatcher's, at
+    /// nice 19) that needs a new blocking thread does not start it itself:
+    /// the new thread would inherit nice 19 and drive the commits of everyone.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn commits_keep_the_priority_of_the_runtime_that_opened_the_store() {
+        let opener = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let ours = opener.block_on(async { nice() });
+        let history =
+            opener.block_on(SqliteHistory::open_in_memory(HistoryOptions::default())).unwrap();
+        // The opener's idle blocking thread (it opened the store) is kept busy,
+        // so that the write needs a new one.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let busy = opener.spawn_blocking(move || held.recv().is_err());
+        let caller = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .on_thread_start(|| {
+                let tid = rustix::thread::gettid();
+                rustix::process::setpriority_process(Some(tid), 19).unwrap();
+            })
+            .build()
+            .unwrap();
+        let history = Arc::new(history);
+        let store = Arc::clone(&history);
+        let (asking, driven) = caller
+            .block_on(caller.spawn(async move {
+                let asking = nice();
+                (asking, store.on_write_conn(|_| Ok(nice())).await)
+            }))
+            .unwrap();
+        assert_eq!(asking, 19);
+        assert_eq!(driven.unwrap(), ours);
+        drop(release);
+        opener.block_on(busy).unwrap();
+        drop(history);
+        drop(caller);
+        drop(opener);
+    }
 }

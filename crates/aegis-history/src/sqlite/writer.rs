@@ -162,10 +162,24 @@ impl Committer {
     }
 
     /// Runs `work` on the blocking pool of the store's runtime.
+    ///
+    /// A blocking thread is started by the thread that asks for it and
+    /// inherits its scheduling priority, which a thread that is not of
+    /// higher priority cannot give back. A thread of another runtime (the
+    /// webhook dispatcher's, at nice 19) therefore asks through a task on the
+    /// store's runtime, so that no commit is ever driven at another
+    /// runtime's priority.
     fn spawn_blocking(&self, work: impl FnOnce() + Send + 'static) {
-        match &self.runtime {
-            Some(runtime) => drop(runtime.spawn_blocking(work)),
-            None => drop(tokio::task::spawn_blocking(work)),
+        let Some(runtime) = &self.runtime else {
+            drop(tokio::task::spawn_blocking(work));
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(current) if current.id() != runtime.id() => {
+                let store = runtime.clone();
+                drop(runtime.spawn(async move { drop(store.spawn_blocking(work)) }));
+            }
+            _ => drop(runtime.spawn_blocking(work)),
         }
     }
 
