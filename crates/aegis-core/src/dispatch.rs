@@ -16,6 +16,13 @@
 //! scheduling priority, so deliveries take the CPU only when runs leave it).
 //! Their writes are committed where every write is, on the store's own
 //! runtime, so a low-priority thread never commits the runs' writes.
+//!
+//! A delivery still costs the store a commit and the receiver a request at
+//! normal priority. So while runs are in flight and the machine has no CPU
+//! to spare (`cpu`: three quarters busy at normal priority), a worker gives
+//! way to them and claims at most a batch ([`CLAIM_BATCH`]) a second
+//! ([`GIVE_WAY_MAX`]); once no run is in flight, or the CPU has room again,
+//! it claims as fast as its slots free.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
@@ -58,6 +65,14 @@ pub(crate) const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
 /// connection can be reused.
 const DRAIN_BYTES: usize = 64 * 1024;
 
+/// The longest a worker goes without claiming while it gives way to runs
+/// (runs in flight on a saturated machine): deliveries still progress, a
+/// batch a second.
+const GIVE_WAY_MAX: Duration = Duration::from_secs(1);
+
+/// How long a worker that gives way waits before it looks again.
+const GIVE_WAY_STEP: Duration = Duration::from_millis(100);
+
 /// How long delivered rows stay in the delivery log.
 const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -66,7 +81,7 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Starts a worker per configured webhook, and the delivery log's
 /// retention, on the engine's runtime. They end with the engine.
-pub(crate) fn spawn(inner: &Arc<Inner>) {
+pub(crate) fn spawn(inner: &Arc<Inner>, cpu_counters: Option<std::path::PathBuf>) {
     let outbox = Arc::clone(inner.ledger.outbox());
     if outbox.webhooks().is_empty() {
         return;
@@ -78,6 +93,7 @@ pub(crate) fn spawn(inner: &Arc<Inner>) {
             return;
         }
     };
+    let gauge = Arc::new(crate::cpu::Gauge::new(cpu_counters));
     let workers: Vec<Worker> = (0..outbox.webhooks().len())
         .filter_map(|index| u32::try_from(index).ok())
         .map(|index| Worker {
@@ -87,6 +103,7 @@ pub(crate) fn spawn(inner: &Arc<Inner>) {
             client: client.clone(),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
             done: Arc::new(Notify::new()),
+            gauge: Arc::clone(&gauge),
         })
         .collect();
     let history = Arc::clone(&inner.history);
@@ -150,6 +167,8 @@ struct Worker {
     slots: Arc<Semaphore>,
     /// Told when a request ends (a slot is free again).
     done: Arc<Notify>,
+    /// Whether the machine has CPU to spare (shared by the workers).
+    gauge: Arc<crate::cpu::Gauge>,
 }
 
 impl Worker {
@@ -158,6 +177,8 @@ impl Worker {
         // Claimed deliveries waiting for a slot: claiming in batches keeps
         // the claims (write transactions) far fewer than the deliveries.
         let mut queue: VecDeque<Delivery> = VecDeque::new();
+        let mut last_claim: Option<Instant> = None;
+        let mut gave_way = false;
         loop {
             let Some(inner) = self.inner.upgrade() else { return };
             if inner.closing() {
@@ -169,7 +190,22 @@ impl Worker {
                 self.start(&inner, delivery);
             }
             let mut claimed_any = false;
-            if queue.len() < IN_FLIGHT {
+            let under_load = self.runs_want_the_cpu(&inner);
+            if under_load != gave_way {
+                gave_way = under_load;
+                log::debug!(
+                    "webhook {}: {}",
+                    self.index,
+                    if under_load {
+                        "runs in flight on a saturated machine: deliveries give way, a batch a second"
+                    } else {
+                        "deliveries no longer give way to runs"
+                    }
+                );
+            }
+            let giving_way = under_load && last_claim.is_some_and(|at| at.elapsed() < GIVE_WAY_MAX);
+            if !giving_way && queue.len() < IN_FLIGHT {
+                last_claim = Some(Instant::now());
                 let now = Timestamp::now();
                 let claim = DeliveryClaim {
                     webhook: self.index,
@@ -196,6 +232,11 @@ impl Worker {
                 self.done.notified().await;
                 continue;
             }
+            if giving_way {
+                drop(inner);
+                tokio::time::sleep(GIVE_WAY_STEP).await;
+                continue;
+            }
             let next = match inner.history.next_delivery_due(self.index).await {
                 Ok(next) => next,
                 Err(err) => {
@@ -218,6 +259,15 @@ impl Worker {
                 () = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
             }
         }
+    }
+
+    /// Whether runs are in flight and the machine has no CPU to spare: then
+    /// a worker gives way to them and claims at most a batch every
+    /// [`GIVE_WAY_MAX`]. Deliveries cost the store a commit and the receiver
+    /// a request at normal priority, which the dispatcher's own low priority
+    /// does not cover.
+    fn runs_want_the_cpu(&self, inner: &Inner) -> bool {
+        !inner.idle() && self.gauge.saturated()
     }
 
     /// Sends one claimed delivery on a task of its own, in a slot.

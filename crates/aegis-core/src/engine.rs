@@ -88,6 +88,7 @@ pub struct EngineBuilder {
     bus_capacity: usize,
     runtime: Option<Handle>,
     webhook_runtime: Option<Handle>,
+    cpu_counters: Option<PathBuf>,
 }
 
 impl EngineBuilder {
@@ -107,6 +108,18 @@ impl EngineBuilder {
     /// both want it (SPEC section 6: delivery never slows a run).
     pub fn webhook_runtime(mut self, runtime: Handle) -> Self {
         self.webhook_runtime = Some(runtime);
+        self
+    }
+
+    /// Where the webhook dispatcher reads the machine's CPU time counters, a
+    /// file in the format of Linux's `/proc/stat` (default: `/proc/stat` on
+    /// Linux; elsewhere none, and deliveries never give way). While runs are
+    /// in flight and these counters show the machine at least three quarters
+    /// busy, deliveries give way to runs: a batch a second per webhook. A
+    /// container whose `/proc/stat` shows the host's CPUs can point this at
+    /// its own (lxcfs).
+    pub fn cpu_counters(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cpu_counters = Some(path.into());
         self
     }
 
@@ -176,7 +189,8 @@ impl EngineBuilder {
         // Removes the folders of runs retention deletes (see `folder`).
         crate::folder::sweep(&inner);
         // Delivers the webhook outbox (see `webhook`).
-        crate::dispatch::spawn(&inner);
+        let counters = self.cpu_counters.or_else(crate::cpu::default_counters);
+        crate::dispatch::spawn(&inner, counters);
         Ok(Engine { inner })
     }
 }
@@ -201,6 +215,7 @@ impl Engine {
             bus_capacity: DEFAULT_BUS_CAPACITY,
             runtime: None,
             webhook_runtime: None,
+            cpu_counters: None,
         }
     }
 

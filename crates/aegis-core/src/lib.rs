@@ -125,6 +125,7 @@
 mod artifact;
 mod bus;
 mod cancel;
+mod cpu;
 mod dispatch;
 mod engine;
 mod error;

@@ -10,3 +10,4 @@ mod layers;
 mod procs_files;
 mod runs;
 mod steps;
+mod webhooks;
