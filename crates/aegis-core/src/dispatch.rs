@@ -70,9 +70,6 @@ const DRAIN_BYTES: usize = 64 * 1024;
 /// batch a second.
 const GIVE_WAY_MAX: Duration = Duration::from_secs(1);
 
-/// How long a worker that gives way waits before it looks again.
-const GIVE_WAY_STEP: Duration = Duration::from_millis(100);
-
 /// How long delivered rows stay in the delivery log.
 const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -203,7 +200,12 @@ impl Worker {
                     }
                 );
             }
-            let giving_way = under_load && last_claim.is_some_and(|at| at.elapsed() < GIVE_WAY_MAX);
+            // While giving way, how long until the next claim.
+            let hold = last_claim
+                .filter(|_| under_load)
+                .and_then(|at| GIVE_WAY_MAX.checked_sub(at.elapsed()))
+                .filter(|hold| !hold.is_zero());
+            let giving_way = hold.is_some();
             if !giving_way && queue.len() < IN_FLIGHT {
                 last_claim = Some(Instant::now());
                 let now = Timestamp::now();
@@ -232,9 +234,9 @@ impl Worker {
                 self.done.notified().await;
                 continue;
             }
-            if giving_way {
+            if let Some(hold) = hold {
                 drop(inner);
-                tokio::time::sleep(GIVE_WAY_STEP).await;
+                tokio::time::sleep(hold).await;
                 continue;
             }
             let next = match inner.history.next_delivery_due(self.index).await {
