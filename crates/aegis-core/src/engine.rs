@@ -102,8 +102,9 @@ impl EngineBuilder {
     }
 
     /// Delivers webhooks on this runtime instead of the engine's. Its tasks
-    /// only send requests and wait: every history write they cause is made
-    /// from the engine's runtime. A server gives it threads of a lower
+    /// only send requests and wait: the history writes they cause are
+    /// committed where every write is, on the store's own runtime. A server
+    /// gives it threads of a lower
     /// scheduling priority, so that deliveries yield the CPU to runs when
     /// both want it (SPEC section 6: delivery never slows a run).
     pub fn webhook_runtime(mut self, runtime: Handle) -> Self {

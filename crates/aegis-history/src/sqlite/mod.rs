@@ -751,7 +751,8 @@ mod tests {
     #[test]
     fn commits_keep_the_priority_of_the_runtime_that_opened_the_store() {
         let opener = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
-        let ours = opener.block_on(async { nice() });
+        // The opener's threads were started from this one.
+        let ours = nice();
         let history =
             opener.block_on(SqliteHistory::open_in_memory(HistoryOptions::default())).unwrap();
         // The opener's idle blocking thread (it opened the store) is kept busy,

@@ -256,9 +256,10 @@ END;
     // each with three index entries in the transaction of every run's commit.
     // The dispatcher's claim unpacks a webhook's oldest spool rows into
     // `deliveries` as it needs them; the log's reads unpack the spool, and a
-    // redelivery the row holding its id. `created_at` is the earliest entry's. Before a run is deleted, the
-    // spool rows that may hold its events are unpacked, then the envelopes
-    // its deliveries name are copied as in 8.
+    // redelivery the row holding its id. `created_at` is the earliest
+    // entry's. Before a run is deleted, the spool rows that may hold its
+    // events are unpacked, then the envelopes its deliveries name are copied
+    // as in 8 (the trigger is replaced whole, so 8's UPDATE is repeated).
     r"
 CREATE TABLE delivery_spool (
     seq        INTEGER PRIMARY KEY,

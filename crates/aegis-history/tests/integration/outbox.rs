@@ -6,8 +6,8 @@
 
 use aegis_history::conformance::{delivery, event, new_run, ts};
 use aegis_history::{
-    DeliveryClaim, DeliveryQuery, DeliveryStatus, HistoryBackend, HistoryOptions, SqliteHistory,
-    Write,
+    DeliveryClaim, DeliveryQuery, DeliveryStatus, HistoryBackend, HistoryOptions, NewRun,
+    SqliteHistory, Write,
 };
 
 fn stored(path: &std::path::Path) -> Vec<(String, String, Option<i64>)> {
@@ -34,6 +34,18 @@ fn spooled(path: &std::path::Path) -> Vec<(u32, i64, Vec<String>)> {
             (webhook, count, ids)
         })
         .collect()
+}
+
+/// Commits event `seq` of `run` with its delivery `id` to webhook 0 (and the
+/// run first when `create`).
+async fn commit_event(history: &SqliteHistory, run: &NewRun, seq: u64, id: &str, create: bool) {
+    let mut writes = Vec::new();
+    if create {
+        writes.push(Write::CreateRun(run.clone()));
+    }
+    writes.push(Write::AppendEvent(event(&run.id, seq)));
+    writes.push(Write::EnqueueDelivery(delivery(id, &run.id, seq, 0, i64::try_from(seq).unwrap())));
+    history.commit(writes).await.unwrap();
 }
 
 fn claim(webhook: u32, limit: u32) -> DeliveryClaim {
@@ -127,21 +139,8 @@ async fn the_log_and_a_redelivery_see_spooled_deliveries() {
     let path = dir.path().join("aegis_history.db");
     let history = SqliteHistory::open(&path, HistoryOptions::default()).await.unwrap();
     let run = new_run("r", "nightly", 0);
-    history
-        .commit(vec![
-            Write::CreateRun(run.clone()),
-            Write::AppendEvent(event(&run.id, 1)),
-            Write::EnqueueDelivery(delivery("d-1", &run.id, 1, 0, 1)),
-        ])
-        .await
-        .unwrap();
-    history
-        .commit(vec![
-            Write::AppendEvent(event(&run.id, 2)),
-            Write::EnqueueDelivery(delivery("d-2", &run.id, 2, 0, 2)),
-        ])
-        .await
-        .unwrap();
+    commit_event(&history, &run, 1, "d-1", true).await;
+    commit_event(&history, &run, 2, "d-2", false).await;
     assert_eq!(spooled(&path).len(), 2);
     // A redelivery of a spooled (never attempted) delivery finds it,
     // unpacking the one spool row that holds it.
@@ -150,13 +149,7 @@ async fn the_log_and_a_redelivery_see_spooled_deliveries() {
     let unknown = history.commit(vec![Write::Redeliver("d-none".to_owned(), ts(3))]).await;
     assert!(matches!(unknown, Err(aegis_history::Error::DeliveryNotFound { .. })), "{unknown:?}");
     assert_eq!(spooled(&path).len(), 1);
-    history
-        .commit(vec![
-            Write::AppendEvent(event(&run.id, 3)),
-            Write::EnqueueDelivery(delivery("d-3", &run.id, 3, 0, 3)),
-        ])
-        .await
-        .unwrap();
+    commit_event(&history, &run, 3, "d-3", false).await;
     // The log lists it, pending, with its body and no attempts.
     let page = history
         .list_deliveries(&DeliveryQuery {
